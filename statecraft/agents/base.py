@@ -1,0 +1,169 @@
+"""The agent protocol, the context an agent receives, and usage accounting.
+
+An agent is any callable ``(state, ctx) -> Outcome``. ``state`` is an
+immutable pydantic value holding the fields the step declared it ``reads``
+(all fields when it declared none); ``ctx`` is a :class:`StepContext` giving
+the run's original task (intent propagation), the clock, idempotency keys and
+a place to report usage. Agents never loop on errors themselves and never
+touch the database: the engine runs them outside any transaction, under the
+step's policy, and commits what they return.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from ..outcomes import Outcome
+
+__all__ = ["Agent", "StepContext", "Usage"]
+
+T = TypeVar("T")
+
+_MAX_SAFE_INT = 2**53 - 1
+
+
+class Agent(Protocol):
+    """A transition function: ``(state, ctx) -> Outcome``.
+
+    Optional attributes read by the engine and written to the audit log:
+    ``agent_name`` (str, default the callable's qualified name),
+    ``agent_version`` (str) and ``prompt_version`` (str).
+    """
+
+    def __call__(self, state: Any, ctx: StepContext, /) -> Outcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Resources one agent call consumed, as reported by the agent.
+
+    Integers only: the values enter hashed audit data, where floats are
+    forbidden (AUDIT.md, "The hash chain").
+
+    Attributes:
+        tokens_in: input (prompt) tokens.
+        tokens_out: output (completion) tokens.
+        cost_micros: cost in micro-USD (1 USD = 1_000_000).
+        model_provider: e.g. ``anthropic`` (OpenTelemetry ``gen_ai.system``).
+        model_id: e.g. ``claude-sonnet-4-5`` (OpenTelemetry ``gen_ai.request.model``).
+        prompt_version: the prompt template's version, if any.
+    """
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_micros: int = 0
+    model_provider: str | None = None
+    model_id: str | None = None
+    prompt_version: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("tokens_in", "tokens_out", "cost_micros"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_SAFE_INT:
+                raise ValueError(f"Usage.{name} must be a non-negative integer, got {value!r}")
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            tokens_in=self.tokens_in + other.tokens_in,
+            tokens_out=self.tokens_out + other.tokens_out,
+            cost_micros=self.cost_micros + other.cost_micros,
+            model_provider=other.model_provider or self.model_provider,
+            model_id=other.model_id or self.model_id,
+            prompt_version=other.prompt_version or self.prompt_version,
+        )
+
+
+class StepContext:
+    """What an agent may know and do besides reading its state view.
+
+    Built by the engine for one attempt of one step; not shared between
+    attempts or threads.
+
+    Attributes:
+        run_id: the run's id.
+        machine: the machine's name.
+        machine_version: the machine's version.
+        step: the step being executed.
+        attempt: 1 for the first attempt, 2 for the first retry, …
+        started_by: the actor id that started the run.
+        parent_run_id: the delegating run, for sub-runs; else ``None``.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        machine: str,
+        machine_version: str,
+        step: str,
+        attempt: int,
+        started_by: str,
+        load_task: Callable[[], Any],
+        clock: Callable[[], datetime],
+        once: Callable[[str, str, Callable[[str], Any]], Any] | None = None,
+        parent_run_id: str | None = None,
+        run_seq: int = 0,
+    ) -> None:
+        self.run_id = run_id
+        self.machine = machine
+        self.machine_version = machine_version
+        self.step = step
+        self.attempt = attempt
+        self.started_by = started_by
+        self.parent_run_id = parent_run_id
+        self._load_task = load_task
+        self._task: Any = None
+        self._task_loaded = False
+        self._clock = clock
+        self._once = once
+        self._run_seq = run_seq
+        self.usage = Usage()
+        self.notes: dict[str, Any] = {}
+
+    @property
+    def task(self) -> Any:
+        """The run's original input (str for text, dict for JSON), loaded once on demand.
+
+        Every step sees it (intent propagation) without it being copied into
+        the state or into any audit event: it is stored once, by content hash.
+        """
+        if not self._task_loaded:
+            self._task = self._load_task()
+            self._task_loaded = True
+        return self._task
+
+    def now(self) -> datetime:
+        """The engine's clock (UTC, timezone-aware); injectable for deterministic tests."""
+        return self._clock()
+
+    def record_usage(self, usage: Usage) -> None:
+        """Add ``usage`` to this attempt's total; it is audited with the step's event."""
+        self.usage = self.usage + usage
+
+    def idempotency_key(self, name: str) -> str:
+        """A key for side effect ``name``, stable across retries and resumes of this step.
+
+        Shape: 64 hex characters, SHA-256 of ``run_id``, the step's position in
+        the run (``run_seq`` of the checkpoint it starts from), the step name and
+        ``name``. Pass it to external services that deduplicate by key.
+        """
+        material = f"{self.run_id}\x00{self._run_seq}\x00{self.step}\x00{name}".encode()
+        return hashlib.sha256(material).hexdigest()
+
+    def once(self, name: str, fn: Callable[[str], T]) -> T:
+        """Run ``fn(key)`` at most once to completion for this step of this run.
+
+        The result (JSON-serialisable) is recorded durably; a later attempt or a
+        resumed run gets the recorded result instead of calling ``fn`` again.
+
+        Raises:
+            RuntimeError: the engine running this step offers no durable store.
+        """
+        if self._once is None:
+            raise RuntimeError("ctx.once needs an engine with a durable store")
+        return self._once(name, self.idempotency_key(name), fn)  # type: ignore[no-any-return]

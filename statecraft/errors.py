@@ -1,0 +1,194 @@
+"""Every error statecraft raises, in one tree.
+
+One root, two main branches: "you built it wrong" (a definition or usage
+error, fixed by changing code or configuration) and "the run went wrong" (a
+request that the lifecycle or the run's current state forbids). Store and
+ledger errors form their own branches because operators act on them
+differently (restore a backup, check the file, call a reviewer).
+
+::
+
+    StatecraftError
+    ├── DefinitionError                 you built it wrong
+    │   ├── MachineDefinitionError      invalid machine graph / schema (at build time)
+    │   └── MachineLoadError            a machine reference cannot be imported
+    ├── RunError                        the run went wrong            (run_id)
+    │   ├── RunNotFound                 no run with that id
+    │   ├── IllegalTransition           lifecycle or step-graph edge not declared
+    │   ├── ApprovalMismatch            the pending proposal is not the one approved
+    │   ├── LeaseHeld                   another engine is advancing the run
+    │   └── MachineMismatch             the loaded definition is not the run's
+    ├── StoreError                      the database cannot be used
+    │   └── NotAStatecraftDatabase      the file is not (or not yet) a statecraft store
+    └── LedgerError                     the audit ledger cannot be appended to / read
+
+Every error carries structured attributes (``run_id``, ``status``,
+``trigger``, ``step`` where they apply) so services can branch on them without
+parsing messages, and its ``str()`` is one line suitable for the CLI.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApprovalMismatch",
+    "DefinitionError",
+    "IllegalTransition",
+    "LeaseHeld",
+    "LedgerError",
+    "MachineDefinitionError",
+    "MachineLoadError",
+    "MachineMismatch",
+    "NotAStatecraftDatabase",
+    "RunError",
+    "RunNotFound",
+    "StatecraftError",
+    "StoreError",
+]
+
+
+class StatecraftError(Exception):
+    """Root of every error statecraft raises on purpose."""
+
+
+class DefinitionError(StatecraftError):
+    """The caller built something wrong; changing code or configuration fixes it."""
+
+
+class MachineDefinitionError(DefinitionError):
+    """A machine definition is invalid; raised when the ``Machine`` is built.
+
+    Attributes:
+        machine: the machine's name.
+        problems: every problem found, one line each (all are reported at once).
+    """
+
+    def __init__(self, machine: str, problems: list[str]) -> None:
+        self.machine = machine
+        self.problems = list(problems)
+        super().__init__(f"machine {machine!r} is invalid: " + "; ".join(self.problems))
+
+
+class MachineLoadError(DefinitionError):
+    """A machine reference (``path.py[:attr]`` or ``module:attr``) cannot be loaded.
+
+    Attributes:
+        ref: the reference as given.
+    """
+
+    def __init__(self, ref: str, reason: str) -> None:
+        self.ref = ref
+        super().__init__(f"cannot load machine {ref!r}: {reason}")
+
+
+class RunError(StatecraftError):
+    """A request about a run that its lifecycle or current state forbids.
+
+    Attributes:
+        run_id: the run concerned (``None`` when no run exists yet).
+    """
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        self.run_id = run_id
+        super().__init__(message)
+
+
+class RunNotFound(RunError):
+    """No run with this id exists in the database."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run with id {run_id!r}", run_id=run_id)
+
+
+class IllegalTransition(RunError):
+    """A transition that neither the lifecycle table nor the machine's graph declares.
+
+    Raised before anything is written: the database is unchanged. When an *agent*
+    proposes an illegal move, the engine does not raise this to the caller; it
+    fails the run and audits the reason (DESIGN.md invariant 1).
+
+    Attributes:
+        run_id: the run.
+        status: the run's status when the request was made (a ``RunStatus`` value).
+        trigger: the lifecycle trigger requested (``approve``, ``retry``, …).
+        step: the step concerned, when the problem is in the step graph.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str | None = None,
+        status: str | None = None,
+        trigger: str | None = None,
+        step: str | None = None,
+    ) -> None:
+        self.status = status
+        self.trigger = trigger
+        self.step = step
+        super().__init__(message, run_id=run_id)
+
+
+class ApprovalMismatch(RunError):
+    """``approve(..., digest=D)`` named a proposal that is no longer pending.
+
+    Attributes:
+        expected: the digest the approver saw.
+        actual: the digest of the proposal pending now.
+    """
+
+    def __init__(self, run_id: str, expected: str, actual: str) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"run {run_id}: proposal digest is {actual}, not {expected}; "
+            "review the current proposal (statecraft status) before approving",
+            run_id=run_id,
+        )
+
+
+class LeaseHeld(RunError):
+    """Another engine holds an unexpired lease on the run (DESIGN.md invariant 5).
+
+    Attributes:
+        owner: the lease owner's id.
+        expires_at: when the lease expires (UTC ISO-8601).
+    """
+
+    def __init__(self, run_id: str, owner: str, expires_at: str) -> None:
+        self.owner = owner
+        self.expires_at = expires_at
+        super().__init__(
+            f"run {run_id} is being advanced by {owner} (lease until {expires_at})",
+            run_id=run_id,
+        )
+
+
+class MachineMismatch(RunError):
+    """The machine definition at hand is not the one the run started with.
+
+    Attributes:
+        expected: the run's recorded machine digest.
+        actual: the digest of the definition offered.
+    """
+
+    def __init__(self, run_id: str, expected: str, actual: str) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"run {run_id} was started with machine digest {expected[:12]}…, "
+            f"the definition loaded has digest {actual[:12]}…; "
+            "load the version the run started with",
+            run_id=run_id,
+        )
+
+
+class StoreError(StatecraftError):
+    """The database cannot be opened or used."""
+
+
+class NotAStatecraftDatabase(StoreError):
+    """The file exists but is not a statecraft database (or is of a newer schema)."""
+
+
+class LedgerError(StatecraftError):
+    """The audit ledger cannot be read or appended to consistently."""

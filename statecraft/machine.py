@@ -1,0 +1,471 @@
+"""Machines: a typed state schema and a graph of steps with declared edges.
+
+A :class:`Machine` is declared as data, validated once when it is built and
+then frozen. Every definition error is reported at build time, all at once:
+unknown edge targets, unreachable steps, steps with no path to a finish,
+duplicate names, reads or writes of fields the state model does not have.
+(Model: python-statemachine's validations, Burr's ``_validate_transitions``.)
+
+At run time the same machine judges what agents return
+(:meth:`Machine.apply`): an outcome naming an undeclared edge, writing a field
+its step does not own, or breaking the state schema is an illegal transition.
+
+Example::
+
+    class Review(BaseModel):
+        kind: str | None = None
+
+    def classify(state, ctx):
+        return Goto("report", update={"kind": "contract"})
+
+    def report(state, ctx):
+        return Finish()
+
+    machine = Machine(
+        "review", "1", Review,
+        steps=[
+            Step("classify", classify, next=["report"], writes=["kind"]),
+            Step("report", report, may_finish=True),
+        ],
+    )
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import rfc8785
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from .agents.base import Agent
+from .errors import MachineDefinitionError
+from .outcomes import Fail, Finish, Goto, Outcome, RequestApproval
+from .policy import RetryPolicy
+
+__all__ = ["AppliedOutcome", "IllegalOutcome", "Machine", "Step"]
+
+S = TypeVar("S", bound=BaseModel)
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One node of a machine's graph; its agent is the transition function.
+
+    Attributes:
+        name: unique within the machine; letters, digits, ``_ . -``.
+        agent: callable ``(state_view, ctx) -> Outcome``.
+        next: names of the steps this step may move to (its declared edges).
+        reads: state fields the agent sees; ``None`` means all of them.
+        writes: state fields the agent may update (it owns them).
+        may_finish: whether the agent may return ``Finish``.
+        on_error: step to go to when the agent fails after its retries
+            (an error edge, part of the declared graph); ``None`` fails the run.
+        retry: retry policy for this step; ``None`` uses the machine's default.
+        timeout_s: per-attempt timeout in seconds; ``None`` means no timeout.
+        description: one line for docs and ``statecraft graph``.
+    """
+
+    name: str
+    agent: Agent | Callable[..., Outcome]
+    next: Sequence[str] = ()
+    reads: Sequence[str] | None = None
+    writes: Sequence[str] = ()
+    may_finish: bool = False
+    on_error: str | None = None
+    retry: RetryPolicy | None = None
+    timeout_s: float | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        # Freeze sequences so a machine cannot be changed after validation.
+        object.__setattr__(self, "next", tuple(self.next))
+        object.__setattr__(self, "writes", tuple(self.writes))
+        if self.reads is not None:
+            object.__setattr__(self, "reads", tuple(self.reads))
+
+    @property
+    def agent_name(self) -> str:
+        """The agent's stable name: its ``agent_name`` attribute or qualified name."""
+        explicit = getattr(self.agent, "agent_name", None)
+        if isinstance(explicit, str):
+            return explicit
+        module = getattr(self.agent, "__module__", None) or ""
+        qual = getattr(self.agent, "__qualname__", None) or type(self.agent).__qualname__
+        # Machines loaded by path get synthetic module names; keep the digest stable.
+        if module.startswith("statecraft_machine_"):
+            module = ""
+        return f"{module}.{qual}" if module else qual
+
+    @property
+    def agent_version(self) -> str | None:
+        """The agent's ``agent_version`` attribute, if it declares one."""
+        version = getattr(self.agent, "agent_version", None)
+        return version if isinstance(version, str) else None
+
+    @property
+    def prompt_version(self) -> str | None:
+        """The agent's ``prompt_version`` attribute, if it declares one."""
+        version = getattr(self.agent, "prompt_version", None)
+        return version if isinstance(version, str) else None
+
+
+@dataclass(frozen=True)
+class IllegalOutcome:
+    """Why an agent's outcome was refused; the engine fails the run with it.
+
+    Attributes:
+        error_code: ``undeclared_edge``, ``unowned_field``, ``schema_violation``,
+            ``not_allowed_to_finish`` or ``not_an_outcome``.
+        reason: one line naming the step, the offending value and what was declared.
+    """
+
+    error_code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class AppliedOutcome(Generic[S]):
+    """A legal outcome, resolved against the machine: what the engine commits.
+
+    Attributes:
+        outcome: the agent's outcome.
+        state: the full new state (the old state with the update applied).
+        next_step: the step the run is at afterwards (``None`` when finished).
+    """
+
+    outcome: Outcome
+    state: S
+    next_step: str | None
+
+
+@dataclass(frozen=True)
+class _Graph:
+    edges: tuple[tuple[str, str, str], ...] = field(default=())  # (source, dest, kind)
+
+
+class Machine(Generic[S]):
+    """A named, versioned workflow definition, validated once and frozen.
+
+    Args:
+        name: the machine's name (letters, digits, ``_ . -``).
+        version: the definition's version, recorded in every audit event.
+        state: the pydantic model of the run's state. Runs start from
+            ``state.model_validate(input)`` when the input is a mapping, else
+            from ``initial(input)`` if given, else from ``state()``.
+        steps: the steps; the first one is the start unless ``start`` is given.
+        start: name of the first step.
+        initial: optional ``input -> state`` factory, for text inputs.
+        retry: default retry policy for steps that declare none
+            (default: no retries, ``RetryPolicy.none()``).
+        max_steps: hard bound on committed steps per run (DESIGN.md invariant 6).
+        description: one paragraph for docs.
+
+    Raises:
+        MachineDefinitionError: listing every problem found (all at once).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        state: type[S],
+        steps: Sequence[Step],
+        *,
+        start: str | None = None,
+        initial: Callable[[Any], S] | None = None,
+        retry: RetryPolicy | None = None,
+        max_steps: int = 100,
+        description: str = "",
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.state_model = state
+        self.steps: Mapping[str, Step] = {}
+        self.start = start if start is not None else (steps[0].name if steps else "")
+        self.initial = initial
+        self.retry = retry if retry is not None else RetryPolicy.none()
+        self.max_steps = max_steps
+        self.description = description
+        problems = self._validate(steps)
+        if problems:
+            raise MachineDefinitionError(name if isinstance(name, str) else repr(name), problems)
+        self.steps = {s.name: s for s in steps}
+        self._views: dict[str, type[BaseModel] | None] = {
+            s.name: self._view_model(s) for s in steps
+        }
+        self.digest = hashlib.sha256(rfc8785.dumps(self.describe())).hexdigest()
+
+    # -- definition ---------------------------------------------------------
+
+    def _validate(self, steps: Sequence[Step]) -> list[str]:
+        problems: list[str] = []
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            problems.append(f"name {self.name!r} must match {_NAME.pattern}")
+        if not isinstance(self.version, str) or not self.version.strip():
+            problems.append("version must be a non-empty string")
+        if not (isinstance(self.state_model, type) and issubclass(self.state_model, BaseModel)):
+            problems.append("state must be a pydantic BaseModel subclass")
+            return problems
+        if not isinstance(self.max_steps, int) or self.max_steps < 1:
+            problems.append(f"max_steps must be a positive integer, got {self.max_steps!r}")
+        if not steps:
+            problems.append("a machine needs at least one step")
+            return problems
+        fields = set(self.state_model.model_fields)
+        names = [s.name for s in steps]
+        seen: set[str] = set()
+        for n in names:
+            if n in seen:
+                problems.append(f"duplicate step name {n!r}")
+            seen.add(n)
+        for s in steps:
+            if not isinstance(s, Step):
+                problems.append(f"{s!r} is not a Step")
+                continue
+            if not _NAME.match(s.name):
+                problems.append(f"step name {s.name!r} must match {_NAME.pattern}")
+            if not callable(s.agent):
+                problems.append(f"step {s.name!r}: agent {s.agent!r} is not callable")
+            for target in s.next:
+                if target not in seen:
+                    problems.append(f"step {s.name!r}: next step {target!r} does not exist")
+            if s.on_error is not None and s.on_error not in seen:
+                problems.append(f"step {s.name!r}: on_error step {s.on_error!r} does not exist")
+            for f in s.writes:
+                if f not in fields:
+                    problems.append(
+                        f"step {s.name!r} writes {f!r}, which {self.state_model.__name__} does not have"
+                    )
+            for f in s.reads or ():
+                if f not in fields:
+                    problems.append(
+                        f"step {s.name!r} reads {f!r}, which {self.state_model.__name__} does not have"
+                    )
+            if s.timeout_s is not None and not s.timeout_s > 0:
+                problems.append(f"step {s.name!r}: timeout_s must be positive")
+        if self.start not in seen:
+            problems.append(f"start step {self.start!r} does not exist")
+        if problems:
+            return problems
+        by_name = {s.name: s for s in steps}
+        succ = {s.name: set(s.next) | ({s.on_error} if s.on_error else set()) for s in steps}
+        reachable = _closure({self.start}, succ)
+        for n in names:
+            if n not in reachable:
+                problems.append(f"step {n!r} is unreachable from start step {self.start!r}")
+        pred: dict[str, set[str]] = {n: set() for n in names}
+        for src, dests in succ.items():
+            for d in dests:
+                pred[d].add(src)
+        can_finish = _closure({n for n in names if by_name[n].may_finish}, pred)
+        for n in names:
+            if n not in can_finish:
+                problems.append(f"step {n!r} has no path to a step that may finish")
+        return problems
+
+    def _view_model(self, step: Step) -> type[BaseModel] | None:
+        if step.reads is None:
+            return None
+        model_fields = self.state_model.model_fields
+        definitions: dict[str, Any] = {
+            f: (model_fields[f].annotation, model_fields[f]) for f in step.reads
+        }
+        view: type[BaseModel] = create_model(  # type: ignore[call-overload]
+            f"{self.state_model.__name__}View_{step.name.replace('-', '_').replace('.', '_')}",
+            __config__=ConfigDict(frozen=True),
+            **definitions,
+        )
+        return view
+
+    def describe(self) -> dict[str, Any]:
+        """The canonical description hashed into ``digest``: graph, schema and agent identities.
+
+        Returns:
+            A JSON-compatible dict (strings, integers, lists, dicts; no floats).
+        """
+        steps = []
+        for s in self.steps.values():
+            item: dict[str, Any] = {
+                "name": s.name,
+                "agent": s.agent_name,
+                "next": list(s.next),
+                "reads": None if s.reads is None else list(s.reads),
+                "writes": list(s.writes),
+                "may_finish": s.may_finish,
+                "on_error": s.on_error,
+            }
+            if s.agent_version is not None:
+                item["agent_version"] = s.agent_version
+            if s.prompt_version is not None:
+                item["prompt_version"] = s.prompt_version
+            steps.append(item)
+        return {
+            "name": self.name,
+            "version": self.version,
+            "start": self.start,
+            "max_steps": self.max_steps,
+            "state_schema": _strip_floats(self.state_model.model_json_schema()),
+            "steps": steps,
+        }
+
+    def edges(self) -> list[tuple[str, str, str]]:
+        """Every declared edge as ``(source, destination, kind)``.
+
+        ``kind`` is ``next``, ``error`` (an ``on_error`` edge) or ``finish``
+        (destination ``DONE``).
+        """
+        out: list[tuple[str, str, str]] = []
+        for s in self.steps.values():
+            out.extend((s.name, d, "next") for d in s.next)
+            if s.on_error:
+                out.append((s.name, s.on_error, "error"))
+            if s.may_finish:
+                out.append((s.name, "DONE", "finish"))
+        return out
+
+    def mermaid(self) -> str:
+        """The step graph as a Mermaid ``stateDiagram-v2``, rendered by ``transitions``."""
+        from transitions.extensions import GraphMachine
+
+        class _Model:
+            pass
+
+        states = [*self.steps, "DONE"]
+        transitions = [
+            {"trigger": kind if kind != "next" else f"to_{dest}", "source": src, "dest": dest}
+            for src, dest, kind in self.edges()
+        ]
+        model = _Model()
+        GraphMachine(
+            model=model,
+            states=states,
+            transitions=transitions,
+            initial=self.start,
+            graph_engine="mermaid",
+            title=f"{self.name} v{self.version}",
+            auto_transitions=False,
+        )
+        return str(model.get_graph().draw(None))  # type: ignore[attr-defined]
+
+    # -- run time -----------------------------------------------------------
+
+    def initial_state(self, task: Any) -> S:
+        """Build a run's first state from its input.
+
+        Raises:
+            pydantic.ValidationError: the input does not fit the state model.
+        """
+        if isinstance(task, Mapping):
+            return self.state_model.model_validate(dict(task))
+        if self.initial is not None:
+            return self.initial(task)
+        return self.state_model()
+
+    def view(self, step: str, state: S) -> BaseModel:
+        """The agent's view of ``state`` for ``step``: only the fields it declared it reads."""
+        view_model = self._views[step]
+        if view_model is None:
+            return state
+        return view_model.model_validate(
+            {f: getattr(state, f) for f in view_model.model_fields}
+        )
+
+    def apply(self, step: str, state: S, outcome: object) -> AppliedOutcome[S] | IllegalOutcome:
+        """Judge an agent's outcome for ``step`` and compute the next state. Pure.
+
+        Returns:
+            ``AppliedOutcome`` for a legal outcome; ``IllegalOutcome`` naming the
+            broken rule otherwise (DESIGN.md invariant 1). ``Fail`` outcomes are
+            always legal and leave the state unchanged.
+        """
+        decl = self.steps[step]
+        if isinstance(outcome, Fail):
+            return AppliedOutcome(outcome, state, step)
+        if not isinstance(outcome, (Goto, Finish, RequestApproval)):
+            return IllegalOutcome(
+                "not_an_outcome",
+                f"step {step!r} returned {_short(outcome)}, not Goto/Finish/RequestApproval/Fail",
+            )
+        if isinstance(outcome, Goto) and outcome.step not in decl.next:
+            return IllegalOutcome(
+                "undeclared_edge",
+                f"step {step!r} tried to go to {outcome.step!r}; declared: {list(decl.next)}",
+            )
+        if isinstance(outcome, RequestApproval) and outcome.resume_at not in decl.next:
+            return IllegalOutcome(
+                "undeclared_edge",
+                f"step {step!r} asked approval to resume at {outcome.resume_at!r}; "
+                f"declared: {list(decl.next)}",
+            )
+        if isinstance(outcome, Finish) and not decl.may_finish:
+            return IllegalOutcome(
+                "not_allowed_to_finish",
+                f"step {step!r} returned Finish but is not declared may_finish",
+            )
+        update = outcome.update
+        if not isinstance(update, Mapping):
+            return IllegalOutcome("schema_violation", f"step {step!r}: update is not a mapping")
+        unowned = sorted(set(update) - set(decl.writes))
+        if unowned:
+            return IllegalOutcome(
+                "unowned_field",
+                f"step {step!r} wrote {unowned}, but owns only {list(decl.writes)}",
+            )
+        if update:
+            merged = state.model_dump()
+            merged.update(update)
+            try:
+                new_state = self.state_model.model_validate(merged)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                loc = ".".join(str(p) for p in first["loc"])
+                return IllegalOutcome(
+                    "schema_violation",
+                    f"step {step!r} broke the state schema at {loc!r}: {first['msg']}",
+                )
+        else:
+            new_state = state
+        if isinstance(outcome, Goto):
+            next_step: str | None = outcome.step
+        elif isinstance(outcome, RequestApproval):
+            next_step = step
+        else:
+            next_step = step
+        return AppliedOutcome(outcome, new_state, next_step)
+
+    def __repr__(self) -> str:
+        return f"<Machine {self.name} v{self.version} steps={list(self.steps)}>"
+
+
+def _closure(start: Iterable[str], succ: Mapping[str, set[str]]) -> set[str]:
+    seen = set(start)
+    todo = list(seen)
+    while todo:
+        for nxt in succ.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def _strip_floats(value: Any) -> Any:
+    # JSON schemas may carry float bounds; hashed data holds no floats (AUDIT.md),
+    # so floats are written as their repr string.
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _strip_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strip_floats(v) for v in value]
+    return value
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,270 @@
+"""Opening a statecraft database: engine, pragmas, schema, triggers, genesis.
+
+SQLite is the embedded default (stdlib driver, WAL). Every write is one short
+explicit transaction begun with ``BEGIN IMMEDIATE``, so the write lock is
+taken up front: reading the ledger head and appending cannot interleave with
+another writer, and lock waits happen at BEGIN (where ``busy_timeout``
+applies) rather than as a mid-transaction "database is locked".
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.pool import NullPool
+from sqlmodel import SQLModel
+
+from .._time import format_utc, utc_now
+from ..errors import NotAStatecraftDatabase, StoreError
+from . import tables
+from .tables import SCHEMA_VERSION
+
+__all__ = ["DEFAULT_DB", "Database", "Synchronous", "database_url"]
+
+DEFAULT_DB = "statecraft.db"
+"""Default database file, in the working directory (overridable: ``--db``, ``STATECRAFT_DB``)."""
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+_TRIGGERS = (
+    # Guard rails against mistakes, not evidence: whoever can write the file can
+    # drop a trigger (AUDIT.md). Evidence is the hash chain plus anchors.
+    """CREATE TRIGGER IF NOT EXISTS audit_event_no_delete
+       BEFORE DELETE ON audit_event
+       BEGIN SELECT RAISE(ABORT, 'audit_event is append-only: DELETE refused'); END""",
+    """CREATE TRIGGER IF NOT EXISTS audit_event_no_update
+       BEFORE UPDATE OF {hashed} ON audit_event
+       BEGIN SELECT RAISE(ABORT, 'audit_event is append-only: UPDATE refused'); END""",
+    # The one permitted change: clearing a payload that a payload.redacted event
+    # authorises (lawful redaction keeps the chain intact via payload_sha256).
+    """CREATE TRIGGER IF NOT EXISTS audit_event_payload_redaction_only
+       BEFORE UPDATE OF payload_json ON audit_event
+       WHEN NEW.payload_json IS NOT NULL OR NOT EXISTS (
+           SELECT 1 FROM audit_event r
+           WHERE r.event_type = 'payload.redacted' AND r.caused_by_event_id = OLD.event_id)
+       BEGIN SELECT RAISE(ABORT, 'audit_event is append-only: payload may only be redacted'); END""",
+)
+
+
+def database_url(db: str | os.PathLike[str] | None) -> str:
+    """Turn a path, SQLAlchemy URL or ``None`` into a SQLAlchemy URL.
+
+    ``None`` means ``$STATECRAFT_DB`` if set, else ``statecraft.db`` in the
+    working directory.
+    """
+    if db is None:
+        db = os.environ.get("STATECRAFT_DB") or DEFAULT_DB
+    db = os.fspath(db)
+    if "://" in db:
+        return db
+    return f"sqlite:///{Path(db).expanduser()}"
+
+
+class Database:
+    """A statecraft database: SQLAlchemy engine, schema and ledger identity.
+
+    Args:
+        db: a file path or SQLAlchemy URL (see :func:`database_url`).
+        synchronous: SQLite durability. ``FULL`` (default): a committed
+            transition survives power loss. ``NORMAL``: in WAL mode, a commit
+            survives a process crash but the last transactions may roll back
+            on power loss; faster. Documented in docs/reliability.md.
+        create: create the schema (and the ledger's genesis event) if the
+            database is empty. With ``False`` an empty database raises.
+        busy_timeout_ms: how long a writer waits for the lock before failing.
+
+    Raises:
+        NotAStatecraftDatabase: the file is not SQLite, or holds other tables
+            but no statecraft schema, or a newer schema version.
+        StoreError: the database cannot be opened at all.
+    """
+
+    def __init__(
+        self,
+        db: str | os.PathLike[str] | None = None,
+        *,
+        synchronous: Synchronous = "FULL",
+        create: bool = True,
+        busy_timeout_ms: int = 30_000,
+    ) -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', not {synchronous!r}")
+        self.url = database_url(db)
+        self.synchronous = synchronous
+        self.is_sqlite = self.url.startswith("sqlite")
+        self._closed = False
+        self._local = threading.local()
+        if self.is_sqlite:
+            path = self.url.split(":///", 1)[-1]
+            if path and path != ":memory:" and not create and not Path(path).exists():
+                raise NotAStatecraftDatabase(f"{path}: no such database file")
+            if path and path != ":memory:":
+                parent = Path(path).parent
+                if not parent.exists():
+                    raise StoreError(f"{path}: directory {parent} does not exist")
+            self.engine: Engine = create_engine(
+                self.url,
+                # isolation_level=None hands transaction control to us, so that
+                # we can issue BEGIN IMMEDIATE (the pysqlite default defers BEGIN).
+                connect_args={"isolation_level": None, "check_same_thread": False},
+                poolclass=NullPool if path == ":memory:" else None,
+            )
+            event.listen(self.engine, "connect", self._on_connect)
+            event.listen(self.engine, "begin", self._on_begin)
+        else:
+            self.engine = create_engine(self.url, pool_pre_ping=True)
+        try:
+            self.ledger_id = self._init_schema(create)
+        except (OperationalError, DatabaseError) as exc:
+            self.engine.dispose()
+            raise NotAStatecraftDatabase(
+                f"{self.url}: not a usable statecraft database ({exc.orig})"
+            ) from exc
+        except Exception:
+            self.engine.dispose()
+            raise
+
+    def _on_connect(self, dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        # busy_timeout: concurrent writers queue for the lock instead of failing
+        # at once with "database is locked".
+        cur.execute(f"PRAGMA busy_timeout = {int(30_000)}")
+        # WAL: readers never block the writer and vice versa; one fsync per commit.
+        cur.execute("PRAGMA journal_mode = WAL")
+        # synchronous: FULL fsyncs the WAL at every commit, so an acknowledged
+        # transition survives power loss (NORMAL only survives process crashes).
+        cur.execute(f"PRAGMA synchronous = {self.synchronous}")
+        # foreign_keys: SQLite leaves them off by default; checkpoints must
+        # reference an existing run.
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    def _on_begin(self, conn: Connection) -> None:
+        mode = getattr(self._local, "begin_mode", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    # -- schema ---------------------------------------------------------------
+
+    def _init_schema(self, create: bool) -> str:
+        with self.engine.connect() as conn:
+            names = set(inspect(conn).get_table_names())
+        if "statecraft_meta" not in names:
+            if names and "audit_event" not in names:
+                raise NotAStatecraftDatabase(
+                    f"{self.url}: has tables {sorted(names)[:5]} but no statecraft schema"
+                )
+            if not create:
+                raise NotAStatecraftDatabase(f"{self.url}: no statecraft schema")
+            return self._create_schema()
+        with self.engine.connect() as conn:
+            meta = dict(conn.execute(text("SELECT key, value FROM statecraft_meta")).all())
+        version = int(meta.get("schema_version", "0"))
+        if version > SCHEMA_VERSION:
+            raise NotAStatecraftDatabase(
+                f"{self.url}: schema version {version} is newer than this statecraft ({SCHEMA_VERSION})"
+            )
+        if "ledger_id" not in meta:
+            raise NotAStatecraftDatabase(f"{self.url}: statecraft_meta has no ledger_id")
+        return str(meta["ledger_id"])
+
+    def _create_schema(self) -> str:
+        from ..audit.chain import HASHED_COLUMNS, append_event
+
+        with self.write() as conn:
+            # Another process may have created it between our check and the lock.
+            existing = conn.execute(
+                text("SELECT value FROM statecraft_meta WHERE key = 'ledger_id'")
+            ).first() if inspect(conn).has_table("statecraft_meta") else None
+            if existing is not None:
+                return str(existing[0])
+            SQLModel.metadata.create_all(
+                conn,
+                tables=[
+                    t.__table__  # type: ignore[attr-defined]
+                    for t in (
+                        tables.MetaRow,
+                        tables.RunRow,
+                        tables.CheckpointRow,
+                        tables.BlobRow,
+                        tables.SideEffectRow,
+                        tables.AuditEventRow,
+                    )
+                ],
+            )
+            if self.is_sqlite:
+                hashed = ", ".join(HASHED_COLUMNS + ("entry_hash",))
+                for ddl in _TRIGGERS:
+                    conn.exec_driver_sql(ddl.replace("{hashed}", hashed))
+            ledger_id = str(uuid.uuid4())
+            now = format_utc(utc_now())
+            conn.execute(
+                text("INSERT INTO statecraft_meta (key, value) VALUES (:k, :v)"),
+                [
+                    {"k": "schema_version", "v": str(SCHEMA_VERSION)},
+                    {"k": "ledger_id", "v": ledger_id},
+                    {"k": "created_at", "v": now},
+                ],
+            )
+            append_event(
+                conn,
+                ledger_id=ledger_id,
+                fields={
+                    "event_type": "ledger.genesis",
+                    "actor_type": "system",
+                    "actor_id": "statecraft",
+                    "occurred_at": now,
+                    "reason": "ledger created",
+                },
+                payload={"schema_version": SCHEMA_VERSION},
+            )
+        return ledger_id
+
+    # -- transactions -----------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` on SQLite); commits on success.
+
+        Raises:
+            StoreError: the database is closed.
+        """
+        self._check_open()
+        with self.engine.connect() as conn:
+            self._local.begin_mode = "IMMEDIATE"
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                self._local.begin_mode = "DEFERRED"
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only unit of work (one consistent snapshot on SQLite WAL)."""
+        self._check_open()
+        with self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"database {self.url} is closed")
+
+    def close(self) -> None:
+        """Release all connections; using the database afterwards raises ``StoreError``."""
+        if not self._closed:
+            self._closed = True
+            self.engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

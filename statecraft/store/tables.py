@@ -1,0 +1,180 @@
+"""The SQLModel tables. Private: callers get frozen views (``RunInfo``, ``AuditEvent``).
+
+Column names are a public contract for reviewers' SQL (docs/audit.md): rename
+nothing without a recorded migration. Stored times are UTC ISO-8601 strings of
+fixed width (``YYYY-MM-DDTHH:MM:SS.ffffffZ``) so they sort as text; money is
+integer micro-USD; durations are integer milliseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+__all__ = [
+    "AuditEventRow",
+    "BlobRow",
+    "CheckpointRow",
+    "MetaRow",
+    "RunRow",
+    "SideEffectRow",
+    "SCHEMA_VERSION",
+]
+
+SCHEMA_VERSION = 1
+"""Version of the database schema; recorded in ``statecraft_meta``."""
+
+
+class MetaRow(SQLModel, table=True):
+    """Key/value facts about this database (schema version, ledger id)."""
+
+    __tablename__ = "statecraft_meta"
+
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class RunRow(SQLModel, table=True):
+    """One run: its lifecycle status, current step and checkpoint reference.
+
+    ``step`` is the step the run executes next while RUNNING; the step that
+    asked for approval while WAITING_FOR_APPROVAL (``pending_resume_at`` is
+    where approval leads); the step that failed or finished otherwise.
+    """
+
+    __tablename__ = "run"
+    __table_args__ = (
+        Index("ix_run_status_updated", "status", "updated_at"),
+        Index("ix_run_machine_created", "machine_name", "created_at"),
+    )
+
+    run_id: str = Field(primary_key=True)
+    machine_name: str
+    machine_version: str
+    machine_digest: str
+    machine_ref: Optional[str] = None
+    status: str
+    step: Optional[str] = None
+    state_sha256: str
+    task_sha256: str
+    run_seq: int = 0
+    steps_taken: int = 0
+    created_at: str
+    updated_at: str
+    started_by: str
+    parent_run_id: Optional[str] = None
+    last_event_id: Optional[str] = None
+    pending_resume_at: Optional[str] = None
+    pending_request_event_id: Optional[str] = None
+    pending_proposal_digest: Optional[str] = None
+    pending_reason: Optional[str] = None
+    error_code: Optional[str] = None
+    reason: Optional[str] = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_micros: int = 0
+    lease_owner: Optional[str] = None
+    lease_expires_at: Optional[str] = None
+
+
+class CheckpointRow(SQLModel, table=True):
+    """The committed state after one transition; a resumed run continues from the last."""
+
+    __tablename__ = "checkpoint"
+
+    run_id: str = Field(primary_key=True, foreign_key="run.run_id")
+    run_seq: int = Field(primary_key=True)
+    status: str
+    step: Optional[str] = None
+    state_sha256: str
+    created_at: str
+
+
+class BlobRow(SQLModel, table=True):
+    """Content-addressed bodies (inputs, outputs, states), stored once by SHA-256.
+
+    ``body`` is NULL after a lawful redaction; ``sha256`` stays, so audit events
+    that reference it still verify.
+    """
+
+    __tablename__ = "blob"
+
+    sha256: str = Field(primary_key=True)
+    body: Optional[bytes] = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    size: int
+    media_type: str = "application/json"
+    created_at: str
+
+
+class SideEffectRow(SQLModel, table=True):
+    """Results of ``ctx.once`` side effects, keyed by idempotency key."""
+
+    __tablename__ = "side_effect"
+
+    idempotency_key: str = Field(primary_key=True)
+    run_id: str = Field(index=True)
+    step: str
+    name: str
+    result_json: str
+    created_at: str
+
+
+class AuditEventRow(SQLModel, table=True):
+    """One append-only, hash-chained audit event (AUDIT.md, "The table")."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (
+        UniqueConstraint("run_id", "run_seq", name="uq_audit_run_seq"),
+        UniqueConstraint("event_id", name="uq_audit_event_id"),
+        UniqueConstraint("prev_hash", name="uq_audit_prev_hash"),
+        UniqueConstraint("entry_hash", name="uq_audit_entry_hash"),
+        Index("ix_audit_actor_time", "actor_id", "occurred_at"),
+        Index("ix_audit_time", "occurred_at"),
+        Index("ix_audit_type_time", "event_type", "occurred_at"),
+        Index("ix_audit_model_time", "model_id", "occurred_at"),
+    )
+
+    seq: int = Field(primary_key=True)
+    ledger_id: str
+    prev_hash: str
+    entry_hash: str
+    hash_alg: str
+    schema_version: int
+    event_id: str
+    run_id: Optional[str] = None
+    run_seq: Optional[int] = None
+    parent_run_id: Optional[str] = None
+    machine_name: Optional[str] = None
+    machine_version: Optional[str] = None
+    machine_digest: Optional[str] = None
+    event_type: str
+    from_status: Optional[str] = None
+    to_status: Optional[str] = None
+    from_step: Optional[str] = None
+    to_step: Optional[str] = None
+    occurred_at: str
+    recorded_at: str
+    actor_type: str
+    actor_id: str
+    agent_name: Optional[str] = None
+    agent_version: Optional[str] = None
+    prompt_version: Optional[str] = None
+    decision: Optional[str] = None
+    outcome: Optional[str] = None
+    reason: Optional[str] = None
+    error_code: Optional[str] = None
+    model_provider: Optional[str] = None
+    model_id: Optional[str] = None
+    tokens_in: Optional[int] = None
+    tokens_out: Optional[int] = None
+    cost_micros: Optional[int] = None
+    latency_ms: Optional[int] = None
+    attempt: Optional[int] = None
+    input_sha256: Optional[str] = None
+    output_sha256: Optional[str] = None
+    state_sha256: Optional[str] = None
+    caused_by_event_id: Optional[str] = None
+    payload_json: Optional[str] = None
+    payload_sha256: Optional[str] = None
