@@ -25,7 +25,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,7 +34,7 @@ from pydantic import BaseModel
 from sqlalchemy import Connection, text
 
 from ._time import format_utc, utc_now
-from .agents.base import StepContext, Usage
+from .agents.base import RecordedCall, StepContext, Usage
 from .audit.chain import append_event, canonical_json
 from .errors import (
     ApprovalMismatch,
@@ -671,7 +671,9 @@ class Engine:
             outcome = Fail(f"{type(exc).__name__}: {exc}"[:500], error_code="agent_error")
         latency_ms = int((time.perf_counter() - started) * 1000)
         judged = machine.apply(step_name, state, outcome)
-        return self._commit_step(machine, run, step, view, judged, ctx.usage, latency_ms, ctx.attempt)
+        return self._commit_step(
+            machine, run, step, view, judged, ctx.usage, latency_ms, ctx.attempt, ctx.calls
+        )
 
     def _fail(self, run: Mapping[str, Any], code: str, reason: str) -> StepReport | None:
         now = self._now()
@@ -710,6 +712,7 @@ class Engine:
         usage: Usage,
         latency_ms: int,
         attempt: int,
+        calls: Sequence[RecordedCall] = (),
     ) -> StepReport | None:
         now = self._now()
         from_step = run["step"]
@@ -731,6 +734,8 @@ class Engine:
             if not self._still_ours(current, run):
                 return None  # cancelled or taken over while the agent ran: commit nothing
             agent_fields["input_sha256"] = put_blob(conn, view_body, created_at=now)
+            for call in calls:
+                current = self._record_call(conn, current, call, now)
             usage_delta = (usage.tokens_in, usage.tokens_out, usage.cost_micros)
             if isinstance(judged, IllegalOutcome):
                 event_type, to_status, to_step = "run.failed", RunStatus.FAILED, from_step
@@ -785,6 +790,37 @@ class Engine:
                 release_lease=release, count_step=True, usage=usage_delta,
             )
         return StepReport(run["run_id"], event_type, from_step, to_step, to_status, latency_ms, fields.get("reason"))
+
+    def _record_call(
+        self, conn: Connection, run: dict[str, Any], call: RecordedCall, now: str
+    ) -> dict[str, Any]:
+        """Append a sub-call's event; the run's status, step and state are unchanged."""
+        fields: dict[str, Any] = {
+            "agent_name": call.name,
+            "agent_version": call.version,
+            "decision": call.decision,
+            "outcome": call.outcome,
+            "reason": call.reason,
+            "error_code": call.error_code,
+            "latency_ms": call.latency_ms,
+            "attempt": call.attempt,
+            "model_provider": call.usage.model_provider,
+            "model_id": call.usage.model_id,
+            "prompt_version": call.usage.prompt_version,
+            "tokens_in": call.usage.tokens_in,
+            "tokens_out": call.usage.tokens_out,
+            "cost_micros": call.usage.cost_micros,
+        }
+        if call.input is not None:
+            fields["input_sha256"] = put_blob(conn, blob_json(_jsonable(call.input)), created_at=now)
+        if call.output is not None:
+            fields["output_sha256"] = put_blob(conn, blob_json(_jsonable(call.output)), created_at=now)
+        event = self._transition(
+            conn, run, event_type=call.event_type, to_status=RunStatus(run["status"]),
+            to_step=run["step"], actor_type="agent", actor_id=call.name, now=now,
+            extra=fields, payload=call.payload, keep_lease=True,
+        )
+        return self._load_row(conn, run["run_id"]) if event else run
 
     # -- the one place a run row changes ---------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 if TYPE_CHECKING:
     from ..outcomes import Outcome
 
-__all__ = ["Agent", "StepContext", "Usage"]
+__all__ = ["Agent", "RecordedCall", "StepContext", "Usage"]
 
 T = TypeVar("T")
 
@@ -78,6 +78,41 @@ class Usage:
         )
 
 
+@dataclass(frozen=True)
+class RecordedCall:
+    """One sub-call made inside a step, audited as its own event.
+
+    Attributes:
+        event_type: ``agent.called``, ``tool.called`` or ``route.decided``, …
+        name: the called agent's or tool's stable name (``agent_name`` column).
+        outcome: ``success``, ``failure``, ``timeout`` or ``cancelled``.
+        decision: what was decided (e.g. the route chosen), if anything.
+        reason: why; for failures the error message.
+        error_code: stable code for failures.
+        latency_ms: wall time of the call, integer milliseconds.
+        attempt: attempt number of this call (1 = first).
+        usage: tokens and cost the call consumed.
+        input: JSON-compatible input, stored as a blob (``input_sha256``).
+        output: JSON-compatible output, stored as a blob (``output_sha256``).
+        payload: small JSON-compatible detail (no floats), bound into the chain.
+        version: the called agent's version (``agent_version`` column).
+    """
+
+    event_type: str
+    name: str
+    outcome: str = "success"
+    decision: str | None = None
+    reason: str | None = None
+    error_code: str | None = None
+    latency_ms: int = 0
+    attempt: int = 1
+    usage: Usage = Usage()
+    input: Any = None
+    output: Any = None
+    payload: Any = None
+    version: str | None = None
+
+
 class StepContext:
     """What an agent may know and do besides reading its state view.
 
@@ -123,7 +158,7 @@ class StepContext:
         self._once = once
         self._run_seq = run_seq
         self.usage = Usage()
-        self.notes: dict[str, Any] = {}
+        self.calls: list[RecordedCall] = []
 
     @property
     def task(self) -> Any:
@@ -144,6 +179,17 @@ class StepContext:
     def record_usage(self, usage: Usage) -> None:
         """Add ``usage`` to this attempt's total; it is audited with the step's event."""
         self.usage = self.usage + usage
+
+    def record_call(self, call: RecordedCall) -> None:
+        """Record one sub-call (a worker agent, a tool, a routing decision) of this step.
+
+        Each recorded call becomes its own audit event (``call.event_type``),
+        written in the same transaction as the step's event, just before it.
+        A step whose commit is abandoned (lease lost, run cancelled) records
+        none of its calls. The call's usage is added to the step's usage.
+        """
+        self.calls.append(call)
+        self.usage = self.usage + call.usage
 
     def idempotency_key(self, name: str) -> str:
         """A key for side effect ``name``, stable across retries and resumes of this step.

@@ -1,0 +1,389 @@
+"""The ``statecraft`` command line: parse, call one engine method, render.
+
+Data goes to stdout (``--json`` on every command that shows data), messages
+and progress to stderr. Our errors become one line on stderr with exit code 1;
+usage errors exit 2. ``--db`` (or ``$STATECRAFT_DB``) names the database on
+every command.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from .engine import Engine, StepReport
+from .errors import StatecraftError
+from .lifecycle import RunStatus, lifecycle_mermaid
+from .loader import load_machine
+from .store.db import Database
+from .views import RunInfo
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Piped output is data for another program: never cut it to an 80-column guess.
+_out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+_err = Console(stderr=True, soft_wrap=True)
+
+
+class CliError(Exception):
+    """A one-line failure to report; ``code`` 1 for run/data errors, 2 for usage."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    raise CliError(message, code)
+
+
+class _Group(click.Group):
+    """Turns statecraft errors into one stderr line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CliError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.code)
+        except StatecraftError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"]) or "input"
+            click.echo(f"error: input does not fit the machine's state: {loc}: {first['msg']}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; the run keeps its last checkpoint", err=True)
+            ctx.exit(130)
+
+
+def _db_options(fn: F) -> F:
+    fn = click.option(
+        "--db",
+        "db",
+        envvar="STATECRAFT_DB",
+        default="statecraft.db",
+        show_default=True,
+        help="Database file or SQLAlchemy URL (env: STATECRAFT_DB).",
+    )(fn)
+    return fn
+
+
+def _json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
+
+
+def _open(db: str, *, create: bool = False) -> Engine:
+    if not create and "://" not in db and not Path(db).exists():
+        _fail(f"no database at {db} (start a run first, or pass --db / STATECRAFT_DB)")
+    return Engine(Database(db, create=create))
+
+
+def _default_actor() -> str:
+    try:
+        return f"user:{getpass.getuser()}"
+    except Exception:  # no login name in some containers
+        return "user:unknown"
+
+
+def _read_input(source: str | None) -> Any:
+    if source is None:
+        return None
+    if source == "-":
+        raw = sys.stdin.read()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            _fail(f"input file {source} does not exist", 2)
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            _fail(f"input file {source} is not UTF-8 text")
+    stripped = raw.lstrip()
+    if stripped.startswith("{"):
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+        if isinstance(value, dict):
+            return value
+    return raw
+
+
+def _run_json(info: RunInfo) -> dict[str, Any]:
+    return info.model_dump(mode="json")
+
+
+def _print_run(info: RunInfo, as_json: bool, *, full_state: bool = True) -> None:
+    if as_json:
+        click.echo(json.dumps(_run_json(info), ensure_ascii=False))
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("run", info.run_id)
+    table.add_row("machine", f"{info.machine} v{info.version}")
+    table.add_row("status", _status_text(info.status))
+    table.add_row("step", str(info.step))
+    table.add_row("steps", str(info.steps_taken))
+    table.add_row("started by", info.started_by)
+    table.add_row("updated", info.updated_at)
+    if info.reason:
+        table.add_row("reason", f"{info.error_code or ''} {info.reason}".strip())
+    if info.pending is not None:
+        p = info.pending
+        table.add_row("waiting for", f"approval to continue at {p.resume_at!r}")
+        table.add_row("proposal", p.reason or "")
+        table.add_row("digest", p.proposal_digest)
+    if info.tokens_in or info.tokens_out or info.cost_micros:
+        table.add_row("usage", f"{info.tokens_in} in / {info.tokens_out} out tokens, ${info.cost_micros / 1e6:.6f}")
+    if full_state:
+        text = json.dumps(info.state, indent=2, ensure_ascii=False)
+        if len(text) > 4000:
+            text = text[:4000] + "\n… (truncated; use --json for all of it)"
+        table.add_row("state", text)
+    _out.print(table)
+
+
+def _status_text(status: RunStatus) -> str:
+    colour = {
+        RunStatus.DONE: "green",
+        RunStatus.FAILED: "red",
+        RunStatus.WAITING_FOR_APPROVAL: "yellow",
+        RunStatus.RUNNING: "cyan",
+    }.get(status, "white")
+    return f"[{colour}]{status.value}[/{colour}]"
+
+
+def _progress(report: StepReport) -> None:
+    arrow = f"{report.from_step} → {report.to_step}" if report.from_step != report.to_step else str(report.from_step)
+    tail = f" — {report.reason}" if report.reason and report.status != RunStatus.RUNNING else ""
+    _err.print(
+        f"  [dim]{report.event_type:<20}[/dim] {arrow:<36} {_status_text(report.status)} "
+        f"[dim]{report.latency_ms} ms[/dim]{tail}",
+        highlight=False,
+    )
+
+
+def _next_hint(info: RunInfo) -> None:
+    if info.status == RunStatus.WAITING_FOR_APPROVAL and info.pending is not None:
+        _err.print(
+            f"run {info.run_id} waits for approval: {info.pending.reason}\n"
+            f"  approve: statecraft approve {info.run_id} --by YOUR_ID "
+            f"--digest {info.pending.proposal_digest}\n"
+            f"  reject:  statecraft reject {info.run_id} --by YOUR_ID --reason TEXT",
+            highlight=False,
+        )
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="statecraft")
+def main() -> None:
+    """statecraft: run, approve and audit state-machine workflows of agents.
+
+    \b
+    Example:
+      statecraft start machines/contract_review.py --input machines/samples/sample_msa.md
+      statecraft status RUN_ID
+      statecraft approve RUN_ID --by alice@example.com --digest DIGEST
+      statecraft audit verify
+    """
+
+
+@main.command()
+@click.argument("machine_ref", metavar="MACHINE")
+@click.option("--input", "input_path", metavar="FILE|-", help="The run's input: a text file, a JSON object file, or - for stdin.")
+@click.option("--by", default=None, help="Actor id of who starts the run (default user:$USER).")
+@click.option("--detach", is_flag=True, help="Create and start the run, but leave advancing it to a worker.")
+@_db_options
+@_json_option
+def start(machine_ref: str, input_path: str | None, by: str | None, detach: bool, db: str, as_json: bool) -> None:
+    """Start a run of MACHINE and advance it until it finishes, fails or waits for approval.
+
+    MACHINE is path/to/file.py[:attr] or package.module:attr.
+
+    \b
+    Example:
+      statecraft start machines/contract_review.py --input machines/samples/sample_msa.md
+    """
+    machine = load_machine(machine_ref)
+    task = _read_input(input_path)
+    with _open(db, create=True) as engine:
+        info = engine.start(
+            machine,
+            task,
+            by=by or _default_actor(),
+            actor_type="human",
+            ref=machine_ref,
+            advance=not detach,
+            on_event=None if as_json else _progress,
+        )
+        if as_json:
+            click.echo(json.dumps(_run_json(info), ensure_ascii=False))
+        else:
+            _out.print(f"{info.run_id} {info.status.value}", highlight=False)
+            _next_hint(info)
+
+
+@main.command()
+@click.argument("run_id")
+@_db_options
+@_json_option
+def status(run_id: str, db: str, as_json: bool) -> None:
+    """Show one run: status, step, pending proposal and its digest, state.
+
+    \b
+    Example:
+      statecraft status 3f2c… --json
+    """
+    with _open(db) as engine:
+        _print_run(engine.get(run_id), as_json)
+
+
+@main.command(name="list")
+@click.option("--status", "status_", type=click.Choice([s.value for s in RunStatus]), help="Only runs with this status.")
+@click.option("--machine", help="Only runs of this machine name.")
+@click.option("--limit", default=100, show_default=True, help="At most this many runs.")
+@_db_options
+@_json_option
+def list_runs(status_: str | None, machine: str | None, limit: int, db: str, as_json: bool) -> None:
+    """List runs, newest first.
+
+    \b
+    Example:
+      statecraft list --status WAITING_FOR_APPROVAL --json
+    """
+    with _open(db) as engine:
+        runs = engine.list(status=status_, machine=machine, limit=limit)
+    if as_json:
+        click.echo(json.dumps([_run_json(r) for r in runs], ensure_ascii=False))
+        return
+    table = Table("run", "machine", "status", "step", "updated", "reason")
+    for r in runs:
+        table.add_row(r.run_id, f"{r.machine} v{r.version}", _status_text(r.status), str(r.step), r.updated_at, r.reason or (r.pending.reason if r.pending else "") or "")
+    _out.print(table)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--by", required=True, help="The approver's stable id (e.g. an email).")
+@click.option("--comment", help="Why you approve; recorded in the audit event.")
+@click.option("--digest", help="The proposal digest you reviewed (from `statecraft status`); refused if it changed.")
+@click.option("--no-continue", "no_continue", is_flag=True, help="Record the approval only; a worker continues the run.")
+@_db_options
+@_json_option
+def approve(run_id: str, by: str, comment: str | None, digest: str | None, no_continue: bool, db: str, as_json: bool) -> None:
+    """Approve the proposal RUN_ID waits on, then continue the run inline.
+
+    \b
+    Example:
+      statecraft approve 3f2c… --by alice@example.com --digest 9ab1… --comment "liability cap acceptable"
+    """
+    with _open(db) as engine:
+        info = engine.approve(
+            run_id, by=by, comment=comment, digest=digest, advance=not no_continue,
+            on_event=None if as_json else _progress,
+        )
+        _print_outcome(info, as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--by", required=True, help="The reviewer's stable id.")
+@click.option("--reason", required=True, help="Why the proposal is rejected (audited).")
+@_db_options
+@_json_option
+def reject(run_id: str, by: str, reason: str, db: str, as_json: bool) -> None:
+    """Reject the proposal RUN_ID waits on; the run goes FAILED.
+
+    \b
+    Example:
+      statecraft reject 3f2c… --by bob@example.com --reason "unlimited liability"
+    """
+    with _open(db) as engine:
+        _print_outcome(engine.reject(run_id, by=by, reason=reason), as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--by", required=True, help="The operator's stable id.")
+@click.option("--reason", required=True, help="Why the run is cancelled (audited).")
+@_db_options
+@_json_option
+def cancel(run_id: str, by: str, reason: str, db: str, as_json: bool) -> None:
+    """Cancel a run that has not finished; it goes FAILED.
+
+    \b
+    Example:
+      statecraft cancel 3f2c… --by ops@example.com --reason "duplicate request"
+    """
+    with _open(db) as engine:
+        _print_outcome(engine.cancel(run_id, by=by, reason=reason), as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--by", required=True, help="The operator's stable id.")
+@click.option("--reason", help="Why the run is retried (audited).")
+@_db_options
+@_json_option
+def retry(run_id: str, by: str, reason: str | None, db: str, as_json: bool) -> None:
+    """Retry a FAILED run from its last checkpoint and advance it inline.
+
+    \b
+    Example:
+      statecraft retry 3f2c… --by ops@example.com --reason "upstream outage over"
+    """
+    with _open(db) as engine:
+        info = engine.retry(run_id, by=by, reason=reason, on_event=None if as_json else _progress)
+        _print_outcome(info, as_json)
+
+
+def _print_outcome(info: RunInfo, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(_run_json(info), ensure_ascii=False))
+    else:
+        _out.print(f"{info.run_id} {info.status.value}", highlight=False)
+        _next_hint(info)
+
+
+@main.command()
+@click.argument("machine_ref", metavar="MACHINE", required=False)
+@click.option("--lifecycle", is_flag=True, help="Print the run lifecycle instead of a machine.")
+def graph(machine_ref: str | None, lifecycle: bool) -> None:
+    """Print MACHINE's step graph (or the run lifecycle) as a Mermaid stateDiagram.
+
+    \b
+    Example:
+      statecraft graph machines/contract_review.py > contract_review.mmd
+    """
+    if lifecycle:
+        click.echo(lifecycle_mermaid())
+        return
+    if machine_ref is None:
+        _fail("give a MACHINE (path.py[:attr] or module:attr) or --lifecycle", 2)
+    click.echo(load_machine(machine_ref).mermaid())
+
+
+def _register_subgroups() -> None:
+    from .cli_audit import audit
+
+    main.add_command(audit)
+
+
+_register_subgroups()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
