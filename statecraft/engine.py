@@ -819,6 +819,7 @@ class Engine:
             conn, run, event_type=call.event_type, to_status=RunStatus(run["status"]),
             to_step=run["step"], actor_type="agent", actor_id=call.name, now=now,
             extra=fields, payload=call.payload, keep_lease=True,
+            usage=(call.usage.tokens_in, call.usage.tokens_out, call.usage.cost_micros),
         )
         return self._load_row(conn, run["run_id"]) if event else run
 

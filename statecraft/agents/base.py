@@ -186,10 +186,11 @@ class StepContext:
         Each recorded call becomes its own audit event (``call.event_type``),
         written in the same transaction as the step's event, just before it.
         A step whose commit is abandoned (lease lost, run cancelled) records
-        none of its calls. The call's usage is added to the step's usage.
+        none of its calls. The call's usage is audited on its own event and
+        added to the run's totals (not to the step event, so summing events
+        never counts it twice).
         """
         self.calls.append(call)
-        self.usage = self.usage + call.usage
 
     def idempotency_key(self, name: str) -> str:
         """A key for side effect ``name``, stable across retries and resumes of this step.
