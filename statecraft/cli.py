@@ -384,6 +384,3 @@ def _register_subgroups() -> None:
 
 _register_subgroups()
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -95,12 +95,10 @@ class Step:
         explicit = getattr(self.agent, "agent_name", None)
         if isinstance(explicit, str):
             return explicit
-        module = getattr(self.agent, "__module__", None) or ""
-        qual = getattr(self.agent, "__qualname__", None) or type(self.agent).__qualname__
-        # Machines loaded by path get synthetic module names; keep the digest stable.
-        if module.startswith("statecraft_machine_"):
-            module = ""
-        return f"{module}.{qual}" if module else qual
+        # The qualified name without the module: one machine file imported by
+        # path or as a package module must keep one digest.
+        qual = getattr(self.agent, "__qualname__", None)
+        return qual if isinstance(qual, str) else type(self.agent).__qualname__
 
     @property
     def agent_version(self) -> str | None:

@@ -1,0 +1,34 @@
+"""The README's set-up commands are the ones CI runs, and its embedding example works."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    setup = text.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```\n(.+?)\n```", setup)
+
+
+def test_the_readme_gives_exactly_two_setup_commands() -> None:
+    commands = _commands()
+    assert len(commands) == 2
+    assert "statecraft start" in commands[0]
+    assert "pytest" in commands[1]
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert _commands()[1] in ci
+
+
+def test_the_embedding_example_runs(tmp_path: Path, monkeypatch: object) -> None:
+    text = (REPO / "README.md").read_text()
+    code = text.split("## Embedding", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)  # type: ignore[attr-defined]
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "statecraft.db").exists()
