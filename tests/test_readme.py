@@ -32,3 +32,11 @@ def test_the_embedding_example_runs(tmp_path: Path, monkeypatch: object) -> None
     monkeypatch.chdir(tmp_path)  # type: ignore[attr-defined]
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "statecraft.db").exists()
+
+
+def test_the_lifecycle_diagram_in_the_docs_is_rendered_from_the_code() -> None:
+    from statecraft.lifecycle import lifecycle_mermaid
+
+    doc = (REPO / "docs" / "concepts.md").read_text()
+    block = doc.split("```mermaid\n", 1)[1].split("\n```", 1)[0]
+    assert block == lifecycle_mermaid().rstrip("\n"), "regenerate with: statecraft graph --lifecycle"
