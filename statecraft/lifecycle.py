@@ -26,7 +26,7 @@ FAILED                 retry       RUNNING
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 from transitions import Machine as _TransitionsMachine
 
@@ -96,7 +96,7 @@ TERMINAL_STATUSES: Final[frozenset[RunStatus]] = frozenset({_D})
 
 
 def _build_machine(graph: bool = False) -> _TransitionsMachine:
-    kwargs: dict[str, object] = {
+    kwargs: dict[str, Any] = {
         "model": None,
         "states": [s.value for s in RunStatus],
         "transitions": [
@@ -122,7 +122,7 @@ _DEST: Final[dict[tuple[str, str], RunStatus]] = {}
 for _event_name, _event in _MACHINE.events.items():
     for _source, _transitions in _event.transitions.items():
         for _t in _transitions:
-            _DEST[(_source, _event_name)] = RunStatus(_t.dest)
+            _DEST[(_source, _event_name)] = RunStatus(str(_t.dest))
 
 
 def check_transition(

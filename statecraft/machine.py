@@ -274,7 +274,7 @@ class Machine(Generic[S]):
         definitions: dict[str, Any] = {
             f: (model_fields[f].annotation, model_fields[f]) for f in step.reads
         }
-        view: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        view: type[BaseModel] = create_model(
             f"{self.state_model.__name__}View_{step.name.replace('-', '_').replace('.', '_')}",
             __config__=ConfigDict(frozen=True),
             **definitions,

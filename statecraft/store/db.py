@@ -165,7 +165,10 @@ class Database:
                 raise NotAStatecraftDatabase(f"{self.url}: no statecraft schema")
             return self._create_schema()
         with self.engine.connect() as conn:
-            meta = dict(conn.execute(text("SELECT key, value FROM statecraft_meta")).all())
+            meta: dict[str, str] = {
+                str(k): str(v)
+                for k, v in conn.execute(text("SELECT key, value FROM statecraft_meta")).all()
+            }
         version = int(meta.get("schema_version", "0"))
         if version > SCHEMA_VERSION:
             raise NotAStatecraftDatabase(
@@ -188,7 +191,7 @@ class Database:
             SQLModel.metadata.create_all(
                 conn,
                 tables=[
-                    t.__table__  # type: ignore[attr-defined]
+                    t.__table__  # type: ignore[union-attr]
                     for t in (
                         tables.MetaRow,
                         tables.RunRow,
