@@ -4,13 +4,14 @@ What a successful verify proves, and what it does not (AUDIT.md, "The hash
 chain"): **without an anchor, verify proves that the ledger is internally
 consistent up to seq N** (``VerifyReport.last_seq``). Every row from the
 genesis event to seq N is present, in order, unedited, chained to its
-predecessor, in one ledger, with each run's events contiguous. It cannot see a
-truncated tail (rows after N removed), nor a full rewrite by someone who
-recomputed every hash; both need an anchor exported outside the database.
+predecessor, from this one ledger, with each run's events contiguous. It
+cannot see a truncated tail (rows after N removed), nor a full rewrite by
+someone who recomputed every hash; both need an anchor exported outside the
+database.
 
-Checks, in seq order, one streaming pass (the first failing check wins):
+Checks, in seq order, in one streaming pass (the first failing check wins):
 
-1. ``seq`` is contiguous from 1.
+1. ``seq`` is contiguous from 1 (no gap, no repeat).
 2. ``ledger_id`` equals ``statecraft_meta``'s ``ledger_id`` (stops splicing).
 3. ``hash_alg`` and ``schema_version`` are ones this code knows.
 4. Genesis: seq 1 has ``prev_hash == "0" * 64`` and ``event_type ==
@@ -24,6 +25,14 @@ Checks, in seq order, one streaming pass (the first failing check wins):
 8. Each run's ``run_seq`` is contiguous from 1; ``run_seq`` needs ``run_id``.
 9. ``event_id`` is unique.
 
+Then, with ``check_blobs`` (default), every stored blob's body must hash to
+its key, and a body removed (NULL) must be covered by a verified
+``payload.redacted`` event of an event that references it; with
+``check_blob_refs``, every blob an event references must be stored. With
+``anchors`` (statecraft/audit/anchor.py), each anchor must match the row at
+its seq (a truncated tail or a rewrite shows there), and the newest must not
+be older than one already seen.
+
 Then, with ``check_runs``, the runs are folded. Convention: every event that
 carries a ``run_id`` records the run's status, step and state hash *after*
 the event in ``to_status``, ``to_step`` and ``state_sha256``; so each run's
@@ -31,31 +40,52 @@ last event must equal its ``run`` row (``status``, ``step``,
 ``state_sha256``), and ``run.run_seq`` must equal that event's ``run_seq``
 (DESIGN.md invariant 2). Every run row must have events and vice versa.
 
-Speed: rows are streamed from a plain DB-API cursor in ``fetchmany`` batches
-(no ORM rows, no per-row dicts), with the hashed columns selected in sorted
-order so the canonical envelope is built by concatenation (see
-:func:`_entry_hash_sorted`, proved equal to ``chain.compute_entry_hash`` in
-tests/audit/test_canonical.py). bench/bench_verify.py measures it.
+Speed (bench/bench_verify.py): rows stream from a plain DB-API cursor in
+``fetchmany`` batches, without ORM rows or per-row dicts. On SQLite the JCS
+envelope is rendered by SQLite itself (``json_object`` over the hashed
+columns in sorted order), which is only trusted where it provably equals
+``chain.canonical_json``:
+
+- once per process, a probe holding every Unicode scalar value, the safe
+  integer bounds and NULL must render exactly as ``canonical_json`` renders
+  it (string escaping is per character, so this covers every string);
+- a row is rendered by SQLite only if its values are TEXT, NULL or integers
+  within ±(2**53 - 1): columns without TEXT affinity are tested for REAL and
+  out-of-range integers in the query; a BLOB makes ``json_object`` fail, and
+  the scan falls back to Python for the rest;
+- any row whose SQLite rendering does not hash to the stored ``entry_hash``
+  is re-hashed in Python (:func:`_entry_hash_sorted`, proved equal to
+  ``chain.compute_entry_hash`` in tests/audit/test_canonical.py) before it
+  is declared edited.
+
+So the verdict is always exactly that of ``chain.compute_entry_hash`` (barring
+a SHA-256 collision).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
 from json.encoder import encode_basestring
 from typing import Any, Final, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
+from ..errors import LedgerError
 from ..store.db import Database
+from .anchor import Anchor, newest_anchor_seen
 from .chain import (
     DOMAIN,
     GENESIS_PREV_HASH,
     HASH_ALG,
     HASHED_COLUMNS,
     LEDGER_SCHEMA_VERSION,
+    canonical_json,
     compute_entry_hash,
 )
 
@@ -64,40 +94,32 @@ __all__ = ["RunFold", "VerifyReport", "fold_runs", "verify_ledger"]
 KNOWN_HASH_ALGS: Final = frozenset({HASH_ALG})
 KNOWN_SCHEMA_VERSIONS: Final = frozenset({LEDGER_SCHEMA_VERSION})
 
-_SORTED_HASHED: Final[tuple[str, ...]] = tuple(sorted(HASHED_COLUMNS))
-_N_HASHED: Final = len(_SORTED_HASHED)
-# Hashed columns first (sorted, as JCS orders an object's keys; all are ASCII
-# so code-point order equals RFC 8785's UTF-16 order), then the two that are not.
-_SCAN_COLUMNS: Final[tuple[str, ...]] = _SORTED_HASHED + ("entry_hash", "payload_json")
-_SCAN_SQL: Final = f"SELECT {', '.join(_SCAN_COLUMNS)} FROM audit_event ORDER BY seq"
-_SCAN_AFTER_SQL: Final = (
-    f"SELECT {', '.join(_SCAN_COLUMNS)} FROM audit_event WHERE seq > ? ORDER BY seq"
-)
-_KEY_PREFIXES: Final[tuple[str, ...]] = tuple(f'"{c}":' for c in _SORTED_HASHED)
-_BATCH: Final = 2000
 _MAX_SAFE_INT: Final = 2**53 - 1
+_BATCH: Final = 2000
 
+# JCS orders an object's keys by UTF-16 code units; the column names are
+# ASCII, so plain sorting gives the same order.
+_SORTED_HASHED: Final[tuple[str, ...]] = tuple(sorted(HASHED_COLUMNS))
+_KEY_PREFIXES: Final[tuple[str, ...]] = tuple(f'"{c}":' for c in _SORTED_HASHED)
 
-def _col(name: str) -> int:
-    return _SCAN_COLUMNS.index(name)
+# Every scan returns these first, in this order (feed unpacks them), then
+# either the hashed values (Python hashing) or an "unsafe" flag and the
+# envelope (SQLite rendering).
+_CHECKED: Final[tuple[str, ...]] = (
+    "seq", "ledger_id", "prev_hash", "hash_alg", "schema_version", "event_id",
+    "event_type", "run_id", "run_seq", "to_status", "to_step", "state_sha256",
+    "caused_by_event_id", "payload_sha256", "entry_hash", "payload_json",
+)  # fmt: skip
 
-
-_I_SEQ = _col("seq")
-_I_LEDGER = _col("ledger_id")
-_I_PREV = _col("prev_hash")
-_I_ALG = _col("hash_alg")
-_I_SCHEMA = _col("schema_version")
-_I_EVENT_ID = _col("event_id")
-_I_EVENT_TYPE = _col("event_type")
-_I_RUN_ID = _col("run_id")
-_I_RUN_SEQ = _col("run_seq")
-_I_TO_STATUS = _col("to_status")
-_I_TO_STEP = _col("to_step")
-_I_STATE = _col("state_sha256")
-_I_CAUSED_BY = _col("caused_by_event_id")
-_I_PAYLOAD_SHA = _col("payload_sha256")
-_I_ENTRY = _col("entry_hash")
-_I_PAYLOAD = _col("payload_json")
+_PYTHON_SCAN_SQL: Final = (
+    f"SELECT {', '.join(_CHECKED + _SORTED_HASHED)} FROM audit_event ORDER BY seq"
+)
+_PYTHON_SCAN_AFTER_SQL: Final = (
+    f"SELECT {', '.join(_CHECKED + _SORTED_HASHED)} FROM audit_event "
+    "WHERE seq > ? ORDER BY seq"
+)
+_ROW_VALUES_SQL: Final = f"SELECT {', '.join(_SORTED_HASHED)} FROM audit_event WHERE seq = ?"
+_ENVELOPE_SQL: Final = "json_object(" + ", ".join(f"'{c}', {c}" for c in _SORTED_HASHED) + ")"
 
 
 class VerifyReport(BaseModel):
@@ -116,6 +138,13 @@ class VerifyReport(BaseModel):
         ledger_id: the ledger verified (from ``statecraft_meta``).
         redacted_seqs: seqs whose payload was lawfully redacted (payload
             removed, authorised by a later ``payload.redacted`` event).
+        redactions: ``(redacted seq, seq of the payload.redacted event
+            authorising it)`` for every verified redaction (payload or
+            blobs removed), in order.
+        anchored_seq: the seq of the newest anchor that matched; rows
+            1..``anchored_seq`` are exactly those that existed when it was
+            taken. ``None`` without anchors (or when none matched).
+        anchor_time: when that anchor was taken (UTC).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -127,6 +156,9 @@ class VerifyReport(BaseModel):
     reason: str | None = None
     ledger_id: str | None = None
     redacted_seqs: tuple[int, ...] = ()
+    redactions: tuple[tuple[int, int], ...] = ()
+    anchored_seq: int | None = None
+    anchor_time: str | None = None
 
 
 class RunFold(NamedTuple):
@@ -148,6 +180,9 @@ class _Failure(Exception):
         self.broken_link = broken_link
 
 
+# -- entry hashes in Python ---------------------------------------------------------
+
+
 class _NotPlain(Exception):
     """A value outside the fast path's domain (not str / None / safe int)."""
 
@@ -165,7 +200,7 @@ def _entry_hash_sorted(values: Sequence[Any]) -> str:
     (everything SQLite returns for an untampered row) the JCS envelope is
     built by concatenating pre-encoded keys with values encoded exactly as
     ``json.dumps(ensure_ascii=False)`` encodes them (the same C string
-    encoder; ``str(int)``); about three times faster than building a dict and
+    encoder; ``str(int)``), about twice as fast as building a dict and
     serialising it. Anything else is delegated to ``compute_entry_hash``.
 
     Args:
@@ -197,27 +232,106 @@ def _entry_hash_sorted(values: Sequence[Any]) -> str:
     return hashlib.sha256(DOMAIN + body.encode("utf-8")).hexdigest()
 
 
-class _Walk:
-    """State of one streaming pass over the ledger, fed in batches."""
+# -- entry hashes rendered by SQLite ------------------------------------------------
 
-    def __init__(self, ledger_id: str | None, duplicate_event_ids: set[str]) -> None:
+
+@functools.cache
+def _sqlite_renders_jcs() -> bool:
+    """Whether this process's SQLite ``json_object`` renders exactly like ``canonical_json``.
+
+    Probes every Unicode scalar value (escaping is per character, so this
+    covers every string), the safe integer bounds, zero and NULL, once.
+    """
+    every_char = "".join(map(chr, chain(range(0xD800), range(0xE000, 0x110000))))
+    values = {"k": every_char, "m": -_MAX_SAFE_INT, "n": None, "p": _MAX_SAFE_INT, "z": 0}
+    conn = sqlite3.connect(":memory:")
+    try:
+        rendered = conn.execute(
+            "SELECT json_object('k', ?, 'm', ?, 'n', ?, 'p', ?, 'z', ?)", tuple(values.values())
+        ).fetchone()[0]
+    except sqlite3.Error:  # built without JSON functions
+        return False
+    finally:
+        conn.close()
+    return isinstance(rendered, str) and rendered.encode("utf-8") == canonical_json(values)
+
+
+def _has_text_affinity(declared: str) -> bool:
+    # SQLite's column affinity rules (https://sqlite.org/datatype3.html, 3.1):
+    # such a column converts numbers to TEXT, so it never holds a REAL or INTEGER.
+    declared = declared.upper()
+    return "INT" not in declared and any(t in declared for t in ("CHAR", "CLOB", "TEXT"))
+
+
+def _sqlite_scan_sql(raw: sqlite3.Connection) -> str | None:
+    """The SQLite-rendering scan for this table's declared types, or ``None`` if unusable."""
+    if not _sqlite_renders_jcs():
+        return None
+    declared = {r[1]: r[2] for r in raw.execute("PRAGMA table_info(audit_event)")}
+    if not set(_SORTED_HASHED) <= declared.keys():
+        return None
+    unsafe = " OR ".join(
+        f"typeof({c}) = 'real' OR {c} > {_MAX_SAFE_INT} OR {c} < -{_MAX_SAFE_INT}"
+        for c in _SORTED_HASHED
+        if not _has_text_affinity(declared[c])
+    )
+    return (
+        f"SELECT {', '.join(_CHECKED)}, ({unsafe or '0'}), {_ENVELOPE_SQL} "
+        "FROM audit_event ORDER BY seq"
+    )
+
+
+# -- the walk -------------------------------------------------------------------------
+
+
+def _no_row_values(seq: int) -> Sequence[Any]:
+    raise RuntimeError(f"seq {seq}: rows rendered by SQLite need a row_values reader")
+
+
+class _Walk:
+    """State of one streaming pass over the ledger, fed in batches.
+
+    Args:
+        ledger_id: ``statecraft_meta``'s ledger id.
+        duplicate_event_ids: event ids that occur more than once.
+        row_values: reads a row's hashed values (sorted order) by seq; needed
+            to feed rows rendered by SQLite, for those whose rendering is not
+            trusted or does not match.
+    """
+
+    def __init__(
+        self,
+        ledger_id: str | None,
+        duplicate_event_ids: set[str],
+        row_values: Callable[[int], Sequence[Any]] = _no_row_values,
+    ) -> None:
         self.ledger_id = ledger_id
         self.duplicate_event_ids = duplicate_event_ids
+        self.row_values = row_values
         self.seen_duplicates: dict[str, int] = {}
         self.last_seq = 0
         self.last_hash: str | None = None
         self.checked = 0
         # run_id -> (to_status, to_step, state_sha256, run_seq, seq) after its last event
         self.runs: dict[str, tuple[Any, Any, Any, int, int]] = {}
-        # event_id -> seq of payloads removed but not (yet) authorised
+        # event_id -> seq of payloads removed and not (yet) authorised
         self.pending_redactions: dict[str, int] = {}
-        self.redacted: list[int] = []
+        # (seq whose payload was removed, seq of the payload.redacted event authorising it)
+        self.redacted: list[tuple[int, int]] = []
+        # (caused_by_event_id, seq) of every payload.redacted event verified
+        self.redaction_events: list[tuple[Any, int]] = []
 
-    def feed(self, rows: Sequence[Sequence[Any]]) -> None:
+    def feed(self, rows: Sequence[Sequence[Any]], *, rendered: bool) -> None:
         """Check one batch of rows in seq order.
+
+        Args:
+            rows: ``_CHECKED`` columns, then either the hashed values in
+                sorted order (``rendered=False``) or the unsafe flag and the
+                SQLite-rendered envelope (``rendered=True``).
 
         Raises:
             _Failure: the first row that breaks a rule.
+            sqlite3.Error: a row cannot be read for re-hashing.
         """
         ledger_id = self.ledger_id
         runs = self.runs
@@ -226,38 +340,42 @@ class _Walk:
         last_seq = self.last_seq
         last_hash = self.last_hash
         checked = self.checked
-        entry_hash_of = _entry_hash_sorted
         sha256 = hashlib.sha256
-        n_hashed = _N_HASHED
         try:
             for row in rows:
-                seq = row[_I_SEQ]
+                (
+                    seq, row_ledger_id, prev_hash, hash_alg, schema_version, event_id,
+                    event_type, run_id, run_seq, to_status, to_step, state_sha256,
+                    caused_by, payload_sha, entry_hash, payload, *rest,
+                ) = row  # fmt: skip
                 checked += 1
                 if seq != last_seq + 1:
+                    if isinstance(seq, int) and seq <= last_seq:  # seq is no longer a key
+                        raise _Failure(seq, f"seq {seq}: a second row with this seq")
                     raise _Failure(
                         last_seq + 1,
-                        f"seq {last_seq + 1} missing (expected contiguous seq; next row has seq {seq})",
+                        f"seq {last_seq + 1} missing (expected contiguous seq; "
+                        f"next row has seq {seq!r})",
                     )
-                if row[_I_LEDGER] != ledger_id:
+                if row_ledger_id != ledger_id:
                     raise _Failure(
                         seq,
                         f"seq {seq}: ledger_id differs (row spliced from another ledger): "
-                        f"{row[_I_LEDGER]!r}, statecraft_meta has {ledger_id!r}",
+                        f"{row_ledger_id!r}, statecraft_meta has {ledger_id!r}",
                     )
-                if row[_I_ALG] not in KNOWN_HASH_ALGS:
-                    raise _Failure(seq, f"seq {seq}: unknown hash_alg {row[_I_ALG]!r}")
-                if row[_I_SCHEMA] not in KNOWN_SCHEMA_VERSIONS:
-                    raise _Failure(seq, f"seq {seq}: unknown schema_version {row[_I_SCHEMA]!r}")
-                event_type = row[_I_EVENT_TYPE]
+                if hash_alg not in KNOWN_HASH_ALGS:
+                    raise _Failure(seq, f"seq {seq}: unknown hash_alg {hash_alg!r}")
+                if schema_version not in KNOWN_SCHEMA_VERSIONS:
+                    raise _Failure(seq, f"seq {seq}: unknown schema_version {schema_version!r}")
                 if seq == 1:
-                    if row[_I_PREV] != GENESIS_PREV_HASH:
+                    if prev_hash != GENESIS_PREV_HASH:
                         raise _Failure(1, "seq 1: genesis prev_hash is not 64 zeros")
                     if event_type != "ledger.genesis":
                         raise _Failure(
                             1, f"seq 1: genesis event_type is {event_type!r}, not 'ledger.genesis'"
                         )
                 else:
-                    if row[_I_PREV] != last_hash:
+                    if prev_hash != last_hash:
                         raise _Failure(
                             seq,
                             f"seq {seq}: prev_hash does not match seq {last_seq}'s entry_hash",
@@ -265,17 +383,20 @@ class _Walk:
                         )
                     if event_type == "ledger.genesis":
                         raise _Failure(seq, f"seq {seq}: a second ledger.genesis event")
-                entry_hash = row[_I_ENTRY]
-                try:
-                    computed = entry_hash_of(row[:n_hashed])
-                except (TypeError, ValueError) as exc:
-                    raise _Failure(
-                        seq, f"seq {seq}: a value cannot be hashed (row edited): {exc}"
-                    ) from None
-                if computed != entry_hash:
-                    raise _Failure(seq, f"seq {seq}: entry_hash mismatch (row edited)")
-                payload = row[_I_PAYLOAD]
-                payload_sha = row[_I_PAYLOAD_SHA]
+                # rendered: rest == [unsafe, envelope]; else rest is the hashed values.
+                if not (
+                    rendered
+                    and not rest[0]
+                    and sha256(DOMAIN + rest[1].encode("utf-8")).hexdigest() == entry_hash
+                ):
+                    try:
+                        computed = _entry_hash_sorted(self.row_values(seq) if rendered else rest)
+                    except (TypeError, ValueError) as exc:
+                        raise _Failure(
+                            seq, f"seq {seq}: a value cannot be hashed (row edited): {exc}"
+                        ) from None
+                    if computed != entry_hash:
+                        raise _Failure(seq, f"seq {seq}: entry_hash mismatch (row edited)")
                 if payload is not None:
                     if (
                         payload_sha is None
@@ -284,31 +405,29 @@ class _Walk:
                     ):
                         raise _Failure(seq, f"seq {seq}: payload does not match payload_sha256")
                 elif payload_sha is not None:
-                    pending[row[_I_EVENT_ID]] = seq
-                run_id = row[_I_RUN_ID]
-                run_seq = row[_I_RUN_SEQ]
+                    pending[event_id] = seq
                 if run_id is not None:
                     before = runs.get(run_id)
                     expected = 1 if before is None else before[3] + 1
                     if run_seq != expected:
                         raise _Failure(
-                            seq, f"seq {seq}: run_seq {run_seq} of run {run_id}, expected {expected}"
+                            seq,
+                            f"seq {seq}: run_seq {run_seq} of run {run_id}, expected {expected}",
                         )
-                    runs[run_id] = (row[_I_TO_STATUS], row[_I_TO_STEP], row[_I_STATE], run_seq, seq)
+                    runs[run_id] = (to_status, to_step, state_sha256, run_seq, seq)
                 elif run_seq is not None:
                     raise _Failure(seq, f"seq {seq}: run_seq {run_seq} without a run_id")
-                if duplicates:
-                    event_id = row[_I_EVENT_ID]
-                    if event_id in duplicates:
-                        first = self.seen_duplicates.setdefault(event_id, seq)
-                        if first != seq:
-                            raise _Failure(
-                                seq, f"seq {seq}: event_id {event_id} already used by seq {first}"
-                            )
-                if pending and event_type == "payload.redacted":
-                    target = pending.pop(row[_I_CAUSED_BY], None)
+                if duplicates and event_id in duplicates:
+                    first = self.seen_duplicates.setdefault(event_id, seq)
+                    if first != seq:
+                        raise _Failure(
+                            seq, f"seq {seq}: event_id {event_id} already used by seq {first}"
+                        )
+                if event_type == "payload.redacted":
+                    self.redaction_events.append((caused_by, seq))
+                    target = pending.pop(caused_by, None)
                     if target is not None:
-                        self.redacted.append(target)
+                        self.redacted.append((target, seq))
                 last_seq = seq
                 last_hash = entry_hash
         finally:
@@ -317,13 +436,67 @@ class _Walk:
             self.checked = checked
 
     def unauthorised_redaction(self, before_seq: int | None) -> _Failure | None:
-        """The first payload removal no verified ``payload.redacted`` event authorises."""
+        """The first payload removal that no verified ``payload.redacted`` event authorises."""
         if not self.pending_redactions:
             return None
         seq = min(self.pending_redactions.values())
         if before_seq is not None and seq >= before_seq:
             return None
         return _Failure(seq, f"seq {seq}: payload removed without a payload.redacted event")
+
+
+def _stream_sqlite(conn: Connection, walk: _Walk) -> None:
+    """Feed every row to ``walk`` from a plain sqlite3 cursor.
+
+    Raises:
+        _Failure: from the walk, or a row the driver cannot read.
+    """
+    raw: sqlite3.Connection = conn.connection.dbapi_connection  # type: ignore[assignment]
+    lookup = raw.cursor()
+
+    def row_values(seq: int) -> Sequence[Any]:
+        found = lookup.execute(_ROW_VALUES_SQL, (seq,)).fetchone()
+        if found is None:  # impossible: the row was just streamed, in this snapshot
+            raise LedgerError(f"seq {seq} vanished during verify")
+        return tuple(found)
+
+    walk.row_values = row_values
+    cursor = raw.cursor()
+    try:
+        try:
+            scan = _sqlite_scan_sql(raw)
+            rendered = scan is not None
+            cursor.execute(scan or _PYTHON_SCAN_SQL)
+            while rows := cursor.fetchmany(_BATCH):
+                walk.feed(rows, rendered=rendered)
+            return
+        except sqlite3.Error:
+            # A BLOB in a hashed column stops json_object; a TEXT value that is
+            # not UTF-8 fails the whole fetchmany. Either way, go on from the
+            # verified prefix one row at a time in Python, to name the row.
+            pass
+        cursor.execute(_PYTHON_SCAN_AFTER_SQL, (walk.last_seq,))
+        while True:
+            try:
+                row = cursor.fetchone()
+            except sqlite3.Error as exc:
+                bad = conn.execute(
+                    text("SELECT MIN(seq) FROM audit_event WHERE seq > :s"), {"s": walk.last_seq}
+                ).scalar()
+                raise _Failure(bad, f"seq {bad}: row cannot be read (row edited): {exc}") from None
+            if row is None:
+                return
+            walk.feed([row], rendered=False)
+    finally:
+        cursor.close()
+        lookup.close()
+
+
+def _stream_other(conn: Connection, walk: _Walk) -> None:
+    """Feed every row to ``walk`` through SQLAlchemy (non-SQLite databases)."""
+    result = conn.execution_options(stream_results=True).exec_driver_sql(_PYTHON_SCAN_SQL)
+    for rows in result.partitions(_BATCH):
+        walk.feed(rows, rendered=False)
 
 
 def _diagnose_prev_hash(conn: Connection, failure: _Failure) -> _Failure:
@@ -340,14 +513,15 @@ def _diagnose_prev_hash(conn: Connection, failure: _Failure) -> _Failure:
     if parent is None:
         note = "no row has that entry_hash"
     else:
-        siblings = conn.execute(
+        sibling = conn.execute(
             text(
-                "SELECT seq FROM audit_event WHERE prev_hash = :h AND seq <> :s ORDER BY seq LIMIT 1"
+                "SELECT seq FROM audit_event WHERE prev_hash = :h AND seq <> :s "
+                "ORDER BY seq LIMIT 1"
             ),
             {"h": prev_hash, "s": failure.seq},
         ).scalar()
-        if siblings is not None:
-            note = f"fork: seq {siblings} and seq {failure.seq} both follow seq {parent}"
+        if sibling is not None:
+            note = f"fork: seq {sibling} and seq {failure.seq} both follow seq {parent}"
         elif parent >= failure.seq:
             note = f"it is seq {parent}'s entry_hash: rows reordered"
         else:
@@ -355,42 +529,7 @@ def _diagnose_prev_hash(conn: Connection, failure: _Failure) -> _Failure:
     return _Failure(failure.seq, f"{failure.reason} ({note})")
 
 
-def _stream(conn: Connection, walk: _Walk) -> None:
-    """Feed every row to ``walk`` in seq order.
-
-    Raises:
-        _Failure: from the walk, or a row the driver cannot read.
-    """
-    if conn.dialect.name == "sqlite":
-        # A plain DB-API cursor: Core rows cost more than the hashing.
-        cursor = conn.connection.cursor()
-        try:
-            try:
-                cursor.execute(_SCAN_SQL)
-                while rows := cursor.fetchmany(_BATCH):
-                    walk.feed(rows)
-            except sqlite3.Error:
-                # A TEXT value that is not UTF-8 fails the whole fetchmany;
-                # re-read one row at a time from the verified prefix to name it.
-                cursor.execute(_SCAN_AFTER_SQL, (walk.last_seq,))
-                while True:
-                    try:
-                        row = cursor.fetchone()
-                    except sqlite3.Error as exc:
-                        bad = conn.execute(
-                            text("SELECT MIN(seq) FROM audit_event WHERE seq > :s"),
-                            {"s": walk.last_seq},
-                        ).scalar()
-                        raise _Failure(bad, f"seq {bad}: row cannot be read (row edited): {exc}")
-                    if row is None:
-                        break
-                    walk.feed([row])
-        finally:
-            cursor.close()
-    else:
-        result = conn.execution_options(stream_results=True).exec_driver_sql(_SCAN_SQL)
-        for rows in result.partitions(_BATCH):
-            walk.feed(rows)
+# -- runs -------------------------------------------------------------------------------
 
 
 def fold_runs(conn: Connection) -> dict[str, RunFold]:
@@ -402,7 +541,7 @@ def fold_runs(conn: Connection) -> dict[str, RunFold]:
     :func:`verify_ledger` for that).
 
     Args:
-        conn: an open connection (any transaction state).
+        conn: an open connection.
 
     Returns:
         ``{run_id: RunFold(status, step, state_sha256, run_seq)}``; a
@@ -446,100 +585,349 @@ def _check_runs(
         folded = (status, step, state, run_seq)
         if row != folded:
             differ = [i for i in range(4) if row[i] != folded[i]]
+            fields = [names[i] for i in differ]
             problems.append(
                 (
                     last,
-                    f"run {run_id}: run row says "
-                    f"{_describe([names[i] for i in differ], [row[i] for i in differ])}, "
-                    f"ledger says "
-                    f"{_describe([names[i] for i in differ], [folded[i] for i in differ])} "
-                    f"(seq {last})",
+                    f"run {run_id}: run row says {_describe(fields, [row[i] for i in differ])}, "
+                    f"ledger says {_describe(fields, [folded[i] for i in differ])} (seq {last})",
                 )
             )
     if problems:
         return _Failure(*min(problems))
     if run_rows:
-        run_id = min(run_rows)
-        return _Failure(None, f"run {run_id}: run row has no events in the ledger")
+        return _Failure(None, f"run {min(run_rows)}: run row has no events in the ledger")
     return None
 
 
-def verify_ledger(db: Database, *, check_runs: bool = True) -> VerifyReport:
-    """Verify the audit ledger of ``db``: the hash chain, its rules, and the runs.
+# -- blobs ------------------------------------------------------------------------------
+
+_REFS_SQL: Final = "SELECT seq, input_sha256, output_sha256, state_sha256 FROM audit_event"
+_MISSING_BLOB_SQL: Final = (
+    "SELECT seq, input_sha256, output_sha256, state_sha256 FROM audit_event e WHERE "
+    + " OR ".join(
+        f"(e.{c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM blob b WHERE b.sha256 = e.{c}))"
+        for c in ("input_sha256", "output_sha256", "state_sha256")
+    )
+    + " ORDER BY seq LIMIT 1"
+)
+
+
+def _redaction_targets(conn: Connection, walk: _Walk) -> tuple[list[tuple[int, int]], set[str]]:
+    """``(target seq, redaction seq)`` of every verified ``payload.redacted`` event, and the blobs they cover.
+
+    A redaction event authorises removing the payload and the blobs
+    (``input_sha256``, ``output_sha256``, ``state_sha256``) of an *earlier*
+    event, named by ``caused_by_event_id`` (one unique-index lookup each).
+    """
+    pairs: list[tuple[int, int]] = []
+    blobs: set[str] = set()
+    for event_id, by_seq in walk.redaction_events:
+        target = conn.execute(text(f"{_REFS_SQL} WHERE event_id = :e"), {"e": event_id}).first()
+        if target is not None and target[0] < by_seq:
+            pairs.append((int(target[0]), by_seq))
+            blobs.update(h for h in target[1:] if h)
+    return sorted(pairs), blobs
+
+
+def _check_blobs(
+    conn: Connection, walk: _Walk, authorised: set[str], *, refs: bool
+) -> _Failure | None:
+    """Stored blobs against their hashes and removed bodies against redactions; optionally references.
+
+    A blob is content-addressed (its key is the SHA-256 of its body), so an
+    edited body shows without any chain; a NULL body is lawful only if it is
+    in ``authorised`` (see :func:`_redaction_targets`). With ``refs``, every
+    blob an event references must also be stored (a deleted blob row); that
+    costs one index probe per reference (about half the chain walk again on
+    bench/bench_ledger.py), so it is asked for separately. Reported at the
+    first event that references the blob.
+    """
+    problems: dict[str, str] = {}
+    sha256 = hashlib.sha256
+    for rows in _stream(conn, "SELECT sha256, body FROM blob"):
+        for key, body in rows:
+            if body is None:
+                if key not in authorised:
+                    problems[key] = "body removed without a payload.redacted event"
+            elif sha256(body if body.__class__ is bytes else _as_bytes(body)).hexdigest() != key:
+                problems[key] = "body does not match its sha256 (blob edited)"
+    failure = None
+    if problems:
+        first = min(problems)
+        failure = _Failure(None, f"blob {first}: {problems[first]}; no event references it")
+        for rows in _stream(conn, f"{_REFS_SQL} ORDER BY seq"):
+            hit = next(((r[0], h) for r in rows for h in r[1:] if h in problems), None)
+            if hit is not None:
+                failure = _Failure(hit[0], f"seq {hit[0]}: blob {hit[1]} {problems[hit[1]]}")
+                break
+    if refs:
+        missing = conn.exec_driver_sql(_MISSING_BLOB_SQL).first()
+        if missing is not None:
+            seq, *hashes = missing
+            names = ("input_sha256", "output_sha256", "state_sha256")
+            column = next(
+                n for n, h in zip(names, hashes)
+                if h is not None
+                and conn.execute(text("SELECT 1 FROM blob WHERE sha256 = :h"), {"h": h}).first() is None
+            )
+            failure = _earliest(
+                failure,
+                _Failure(seq, f"seq {seq}: {column} names a blob that is not stored (blob row deleted)"),
+            )
+    if failure is not None and failure.seq is not None and failure.seq > walk.last_seq:
+        return None  # beyond the verified prefix: the chain failure is reported instead
+    return failure
+
+
+def _as_bytes(body: Any) -> bytes:
+    return body.encode("utf-8") if isinstance(body, str) else bytes(body)
+
+
+def _stream(conn: Connection, sql: str) -> Iterator[Sequence[Any]]:
+    """Batches of rows of ``sql``, through the plain sqlite3 cursor where possible (no result objects)."""
+    if conn.dialect.name == "sqlite":
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql)
+            while rows := cursor.fetchmany(_BATCH):
+                yield rows
+        finally:
+            cursor.close()
+        return
+    yield from conn.execution_options(stream_results=True).exec_driver_sql(sql).partitions(_BATCH)
+
+
+# -- anchors ----------------------------------------------------------------------------
+
+
+def _check_anchors(
+    conn: Connection, ledger_id: str | None, anchors: Sequence[Anchor], walk: _Walk
+) -> tuple[_Failure | None, Anchor | None]:
+    """Check anchors against the ledger; return the first failure and the newest anchor matched."""
+    ordered = sorted(anchors, key=lambda a: a.seq)
+    for a in ordered:
+        if a.ledger_id != ledger_id:
+            return _Failure(
+                None,
+                f"{a.describe()} is for ledger {a.ledger_id}, but this database holds ledger "
+                f"{ledger_id} (a wrong anchor, or the database was replaced)",
+            ), None
+    for a, b in zip(ordered, ordered[1:]):
+        if a.seq == b.seq and a.entry_hash != b.entry_hash:
+            return _Failure(
+                a.seq,
+                f"seq {a.seq}: {a.describe()} and {b.describe()} disagree on its entry_hash "
+                "(at most one of them is genuine)",
+            ), None
+    newest = ordered[-1]
+    seen = newest_anchor_seen(conn)
+    if seen is not None and seen.ledger_id == ledger_id and seen.seq > newest.seq:
+        return _Failure(
+            None,
+            f"{newest.describe()} is older than the newest anchor this database has seen "
+            f"(seq {seen.seq}, {seen.time}); verify against the newest anchor from write-once storage",
+        ), None
+    recorded = conn.execute(
+        text(
+            "SELECT seq, occurred_at FROM audit_event WHERE event_type = 'ledger.anchored' "
+            "AND seq <= :last ORDER BY seq DESC LIMIT 1"
+        ),
+        {"last": walk.last_seq},
+    ).first()
+    if recorded is not None and recorded[0] > newest.seq:
+        return _Failure(
+            None,
+            f"{newest.describe()} is older than the anchor taken at seq {recorded[0]} "
+            f"({recorded[1]}, a ledger.anchored event); verify against the newest anchor "
+            "from write-once storage",
+        ), None
+    head = conn.exec_driver_sql("SELECT MAX(seq) FROM audit_event").scalar() or 0
+    matched: Anchor | None = None
+    for a in ordered:
+        proven = f"; rows 1..{matched.seq} match {matched.describe()}" if matched else ""
+        if a.seq > head:
+            return _Failure(
+                head + 1,
+                f"seq {head + 1} missing: the ledger ends at seq {head}, but {a.describe()} "
+                f"vouches for seq {a.seq} (tail truncated){proven}",
+            ), matched
+        row_hash = conn.execute(
+            text("SELECT entry_hash FROM audit_event WHERE seq = :s"), {"s": a.seq}
+        ).scalar()
+        if row_hash != a.entry_hash:
+            return _Failure(
+                a.seq,
+                f"seq {a.seq}: entry_hash differs from {a.describe()}: the ledger was "
+                f"rewritten at or before seq {a.seq}{proven}",
+            ), matched
+        matched = a
+    return None, matched
+
+
+def _check_remembered(conn: Connection, ledger_id: str | None) -> _Failure | None:
+    """Without anchors given: the row at the remembered anchor's seq must still carry its hash.
+
+    The memory is inside the database, so it proves nothing when it
+    matches (``anchored_seq`` stays ``None``); when it does not, the tail
+    was cut or rewritten by someone who did not also rewrite the memory.
+    """
+    seen = newest_anchor_seen(conn)
+    if seen is None or seen.ledger_id != ledger_id:
+        return None
+    row_hash = conn.execute(
+        text("SELECT entry_hash FROM audit_event WHERE seq = :s"), {"s": seen.seq}
+    ).scalar()
+    if row_hash == seen.entry_hash:
+        return None
+    if row_hash is None:
+        head = conn.exec_driver_sql("SELECT MAX(seq) FROM audit_event").scalar() or 0
+        if head < seen.seq:
+            return _Failure(
+                head + 1,
+                f"seq {head + 1} missing: the ledger ends at seq {head}, but the newest anchor this "
+                f"database remembers (seq {seen.seq}, {seen.time}) vouches for seq {seen.seq} (tail truncated)",
+            )
+    return _Failure(
+        seen.seq,
+        f"seq {seen.seq}: entry_hash differs from the newest anchor this database remembers "
+        f"({seen.time}): the ledger was rewritten at or before seq {seen.seq}",
+    )
+
+
+# -- the entry point ---------------------------------------------------------------------
+
+
+def verify_ledger(
+    db: Database,
+    *,
+    check_runs: bool = True,
+    check_blobs: bool = True,
+    check_blob_refs: bool = False,
+    anchors: Sequence[Anchor] = (),
+) -> VerifyReport:
+    """Verify the audit ledger of ``db``: the hash chain, its rules, blobs, runs and anchors.
 
     What this proves: **without an anchor, the ledger is internally consistent
     up to seq N** (``last_seq``): rows 1..N exist, in order, unedited, chained,
-    from this ledger, runs contiguous. It cannot detect a truncated tail or a
-    rewrite that recomputed every hash after some point (AUDIT.md: both need
-    an anchor). The module docstring lists every check.
+    from this ledger, with runs contiguous. It cannot detect a truncated tail
+    or a rewrite that recomputed every hash after some point (AUDIT.md: both
+    need an anchor). **With anchors**, each must match the row at its seq;
+    then rows 1..S (S = ``anchored_seq``, the newest anchor) are exactly the
+    rows that existed when that anchor was taken, and only rows after S are
+    merely internally consistent. An anchor whose seq is beyond the ledger's
+    head reveals a truncated tail; one whose ``entry_hash`` differs reveals a
+    rewrite at or before its seq. Without anchors given, the newest anchor
+    the database remembers is checked the same way (it lives in the
+    database, so it catches only an insider who forgot it, and a match
+    proves nothing). The newest anchor given must not be older
+    than an anchor already seen (``statecraft_meta`` ``anchor.newest``, or
+    a verified ``ledger.anchored`` event): an insider who rewrote the tail
+    would otherwise present an anchor from before the rewrite. The module
+    docstring lists every other check.
 
-    Read-only: one read transaction, so the chain, ``statecraft_meta`` and
-    the ``run`` table are one consistent snapshot (SQLite WAL). Streams rows;
-    memory grows with the number of runs, not events.
+    Read-only: one read transaction, so the chain, ``statecraft_meta``, the
+    ``blob`` and ``run`` tables are one consistent snapshot (SQLite WAL).
+    Streams rows; memory grows with the number of runs, not of events. To
+    remember the anchors verified, call
+    :func:`statecraft.audit.anchor.remember_anchor` afterwards.
 
     Args:
         db: the database to verify.
         check_runs: also fold each run's events and compare with its ``run``
             row (skipped when the chain itself fails).
+        check_blobs: also check every stored blob's body against its
+            SHA-256, and that a body removed (NULL) was redacted by a
+            verified ``payload.redacted`` event (of an event that references
+            it). SOC 2 PI1.5: inputs and outputs retrievable and intact.
+        check_blob_refs: also check that every blob an event references
+            (``input_sha256``, ``output_sha256``, ``state_sha256``) is
+            stored, which catches a deleted blob row; one index probe per
+            reference, so off by default (``audit verify --blob-refs``).
+            ``audit show`` and export report missing blobs of the runs they
+            cover anyway.
+        anchors: anchors read from outside the database (see
+            :mod:`statecraft.audit.anchor`), any order.
 
     Returns:
-        A :class:`VerifyReport`; ``ok`` is False with ``first_bad_seq`` and a
-        one-line ``reason`` when any check fails. Tampering is reported, not
-        raised.
+        A :class:`VerifyReport`; ``ok`` is False, with ``first_bad_seq`` and
+        a one-line ``reason``, when any check fails. Tampering is reported,
+        not raised.
 
     Raises:
         StoreError: the database is closed.
-        sqlalchemy.exc.DBAPIError: the database cannot be read (e.g. a text
-            column holds bytes that are not UTF-8).
+        LedgerError: the ledger cannot be queried at all (e.g. a column or
+            table was dropped); a database error, converted here.
     """
     with db.read() as conn:
-        ledger_id = conn.execute(
-            text("SELECT value FROM statecraft_meta WHERE key = 'ledger_id'")
-        ).scalar()
-        duplicates = {
-            r[0]
-            for r in conn.execute(
-                text("SELECT event_id FROM audit_event GROUP BY event_id HAVING COUNT(*) > 1")
-            )
-        }
-        walk = _Walk(ledger_id, duplicates)
-        failure: _Failure | None = None
         try:
-            _stream(conn, walk)
-        except _Failure as exc:
-            failure = _diagnose_prev_hash(conn, exc) if exc.broken_link else exc
-        if failure is None and walk.checked == 0:
-            failure = _Failure(1, "seq 1 missing (the ledger has no genesis event)")
-        redaction = walk.unauthorised_redaction(failure.seq if failure is not None else None)
-        if redaction is not None:
-            failure = redaction
-        if failure is not None:
-            bad = failure.seq if failure.seq is not None else walk.last_seq + 1
-            return VerifyReport(
-                ok=False,
-                events_checked=walk.checked,
-                last_seq=min(walk.last_seq, bad - 1),
-                first_bad_seq=bad,
-                reason=failure.reason,
-                ledger_id=ledger_id,
-                redacted_seqs=tuple(sorted(s for s in walk.redacted if s < bad)),
-            )
-        if check_runs:
-            run_failure = _check_runs(conn, walk.runs)
-            if run_failure is not None:
-                return VerifyReport(
-                    ok=False,
-                    events_checked=walk.checked,
-                    last_seq=walk.last_seq,
-                    first_bad_seq=run_failure.seq,
-                    reason=run_failure.reason,
-                    ledger_id=ledger_id,
-                    redacted_seqs=tuple(sorted(walk.redacted)),
+            ledger_id = conn.execute(
+                text("SELECT value FROM statecraft_meta WHERE key = 'ledger_id'")
+            ).scalar()
+            duplicates = {
+                r[0]
+                for r in conn.execute(
+                    text("SELECT event_id FROM audit_event GROUP BY event_id HAVING COUNT(*) > 1")
                 )
+            }
+            walk = _Walk(ledger_id, duplicates)
+            failure: _Failure | None = None
+            try:
+                if conn.dialect.name == "sqlite":
+                    _stream_sqlite(conn, walk)
+                else:
+                    _stream_other(conn, walk)
+            except _Failure as exc:
+                if exc.seq is None:
+                    exc = _Failure(walk.last_seq + 1, exc.reason)
+                failure = _diagnose_prev_hash(conn, exc) if exc.broken_link else exc
+            if failure is None and walk.checked == 0:
+                failure = _Failure(1, "seq 1 missing (the ledger has no genesis event)")
+            redaction = walk.unauthorised_redaction(failure.seq if failure is not None else None)
+            if redaction is not None:
+                failure = redaction
+            redactions, authorised_blobs = _redaction_targets(conn, walk)
+            if check_blobs:
+                failure = _earliest(
+                    failure, _check_blobs(conn, walk, authorised_blobs, refs=check_blob_refs)
+                )
+            anchored: Anchor | None = None
+            if anchors:
+                anchor_failure, anchored = _check_anchors(conn, ledger_id, anchors, walk)
+                failure = _earliest(failure, anchor_failure)
+            else:
+                failure = _earliest(failure, _check_remembered(conn, ledger_id))
+            run_failure = None
+            if failure is None and check_runs:
+                run_failure = _check_runs(conn, walk.runs)
+        except (sqlite3.Error, DBAPIError) as exc:
+            raise LedgerError(f"cannot read the audit ledger: {exc}") from exc
+    bad = None if failure is None else failure.seq
+    last = walk.last_seq if bad is None else min(walk.last_seq, bad - 1)
+    if anchored is not None and anchored.seq > last:
+        anchored = None
+    common: dict[str, Any] = {
+        "events_checked": walk.checked,
+        "ledger_id": ledger_id,
+        "anchored_seq": None if anchored is None else anchored.seq,
+        "anchor_time": None if anchored is None else anchored.time,
+    }
+    # Authorising events were all verified by the walk (it stops at a broken
+    # link); list the redactions of the verified prefix.
+    common["redacted_seqs"] = tuple(sorted(p[0] for p in walk.redacted if p[0] <= last))
+    common["redactions"] = tuple(p for p in redactions if p[0] <= last)
+    if failure is not None:
+        return VerifyReport(ok=False, last_seq=last, first_bad_seq=bad, reason=failure.reason, **common)
+    if run_failure is not None:
         return VerifyReport(
-            ok=True,
-            events_checked=walk.checked,
-            last_seq=walk.last_seq,
-            ledger_id=ledger_id,
-            redacted_seqs=tuple(sorted(walk.redacted)),
+            ok=False, last_seq=walk.last_seq, first_bad_seq=run_failure.seq, reason=run_failure.reason,
+            **common,
         )
+    return VerifyReport(ok=True, last_seq=walk.last_seq, **common)
+
+
+def _earliest(a: _Failure | None, b: _Failure | None) -> _Failure | None:
+    """The failure at the lower seq; one without a seq (not about a row) loses to one with."""
+    if a is None or b is None:
+        return a or b
+    return a if (a.seq is None, a.seq or 0) <= (b.seq is None, b.seq or 0) else b
