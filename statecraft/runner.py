@@ -1,0 +1,855 @@
+"""Advancing runs: the step loop under leases, retries, timeouts, budgets and error edges.
+
+``Engine.advance`` / ``Engine.resume`` delegate here. For one run:
+
+1. take the lease (conditional UPDATE under the write lock; an expired
+   lease, or one whose owner process is gone, is taken over and audited);
+2. read the checkpoint once, then keep the run row and state in memory:
+   every later write is fenced on ``run_seq`` and the lease owner, so the
+   cache cannot silently go stale (statecraft/transition.py);
+3. before each agent call, check the budgets (statecraft/budget.py);
+4. call the agent (statecraft/execution.py) outside any transaction;
+5. commit what happened, one transaction per transition:
+
+   =========================  ===========================================
+   the attempt …              event (run status afterwards)
+   =========================  ===========================================
+   returned a legal outcome   ``step.completed``, ``run.completed``,
+                              ``approval.requested``, ``run.failed``
+   returned an illegal one    ``run.failed`` (never retried)
+   failed, attempts remain    ``step.attempt_failed`` (RUNNING, same step)
+   failed, none remain        ``step.error_edge`` to ``on_error`` (RUNNING),
+                              ``approval.requested`` if the step escalates,
+                              else ``run.failed``
+   found a budget exhausted   ``run.failed`` or ``approval.requested``
+   =========================  ===========================================
+
+6. repeat until a gate, a terminal status, a stop request, or the lease is lost.
+
+Commits use the stdlib driver under the SQLModel schema (statecraft/store/txn.py);
+that is what keeps a durable step close to SQLite's own cost.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+from pydantic import BaseModel
+
+from ._time import format_utc, parse_utc
+from .agents.base import RecordedCall, StepContext
+from .budget import Exceeded, Limits, check, limits_for, visits_of
+from .errors import ApprovalRefused, IllegalTransition, LeaseHeld, RunNotFound
+from .execution import Attempt, EffectLog, run_attempt
+from .leases import LeaseKeeper, owner_is_gone
+from .lifecycle import RunStatus, Trigger, check_transition
+from .machine import IllegalOutcome, Machine, Step
+from .outcomes import Fail, Finish, Goto, RequestApproval
+from .policy import ms
+from .store.blobs import blob_json, sha256_hex
+from .store.txn import Tx, read_one, tx_of, write_tx
+from .transition import KEEP, RUN_COLUMNS, Committed, RunMoved, write_transition
+
+if TYPE_CHECKING:
+    from .engine import Engine, StepReport
+    from .views import RunInfo
+
+__all__ = ["StepRunner"]
+
+_SELECT_RUN: Final = f"SELECT {', '.join(RUN_COLUMNS)} FROM run WHERE run_id = :run_id"
+_SELECT_BLOB: Final = "SELECT body FROM blob WHERE sha256 = :sha"
+_INSERT_BLOB: Final = (
+    "INSERT INTO blob (sha256, body, size, media_type, created_at) "
+    "VALUES (:sha256, :body, :size, 'application/json', :created_at) ON CONFLICT (sha256) DO NOTHING"
+)
+# When the run last entered RUNNING (start, approval, retry): the deadline's origin.
+_RUNNING_SINCE: Final = (
+    "SELECT occurred_at FROM audit_event WHERE run_id = :run_id AND to_status = 'RUNNING' "
+    "AND (from_status IS NULL OR from_status != 'RUNNING') ORDER BY run_seq DESC LIMIT 1"
+)
+_KNOWN_BLOBS_MAX: Final = 4096
+_VISITS_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
+@dataclass
+class _Live:
+    """One run being advanced: its machine, and the row and state as last committed."""
+
+    machine: Machine[Any]
+    row: dict[str, Any]
+    state: BaseModel
+    limits: Limits
+    running_since: datetime | None
+    lost: threading.Event
+    task: list[Any] = field(default_factory=list)
+    visits_json: Any = KEEP  # the ``visits_json`` that ``visits`` was parsed from
+    visits: dict[str, int] = field(default_factory=dict)
+
+    def visit_counts(self) -> dict[str, int]:
+        """``{step: completions}`` of the current row, parsed once per change (do not mutate)."""
+        raw = self.row["visits_json"]
+        if raw is not self.visits_json:
+            self.visits, self.visits_json = visits_of(self.row), raw
+        return self.visits
+
+
+class _KnownBlobs:
+    """Hashes of blobs this engine wrote in committed transactions: a bounded LRU, thread-safe.
+
+    A hash forgotten only costs a no-op ``INSERT … ON CONFLICT DO NOTHING``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: dict[str, None] = {}  # insertion order = recency
+        self._lock = threading.Lock()
+
+    def __contains__(self, digest: str) -> bool:
+        with self._lock:
+            if digest not in self._seen:
+                return False
+            del self._seen[digest]
+            self._seen[digest] = None
+            return True
+
+    def add(self, digests: Sequence[str]) -> None:
+        with self._lock:
+            for digest in digests:
+                self._seen.pop(digest, None)
+                self._seen[digest] = None
+            while len(self._seen) > self._limit:
+                del self._seen[next(iter(self._seen))]
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """Why an attempt failed, as audited."""
+
+    outcome: str  # failure | timeout
+    error_code: str
+    error_type: str
+    reason: str
+    retryable: bool
+
+
+class StepRunner:
+    """The step loop of one :class:`~statecraft.engine.Engine` (composition, not a public API).
+
+    Args:
+        engine: the engine whose database, clock, owner id and machines to use.
+        rng: randomness for retry jitter (inject for deterministic tests).
+        trust_local_pids: treat leases of dead processes on this host as expired.
+        crash_loop_limit: lease takeovers of one step without progress after
+            which the run fails with ``crash_loop`` (a step that kills its
+            process would otherwise be retried by every worker forever).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        rng: random.Random | None = None,
+        trust_local_pids: bool = True,
+        crash_loop_limit: int = 10,
+    ) -> None:
+        from . import engine as engine_module  # engine imports this module
+
+        self._engine_module = engine_module
+        self.engine = engine
+        self.db = engine.db
+        self.rng = rng or random.Random()
+        self.trust_local_pids = trust_local_pids
+        self.crash_loop_limit = crash_loop_limit
+        self.keeper = LeaseKeeper(engine.db, engine.owner, engine.lease, engine._clock)
+        self.stopping = threading.Event()
+        self._known_blobs = _KnownBlobs(_KNOWN_BLOBS_MAX)
+        # One Engine serves many threads under one owner id; the lease alone
+        # cannot tell them apart, so runs in progress here are tracked too.
+        self._active: set[str] = set()
+        self._active_lock = threading.Lock()
+
+    # -- small helpers ------------------------------------------------------------
+
+    def _now(self) -> str:
+        return format_utc(self.engine._clock())
+
+    def _report(self, run_id: str, event: Mapping[str, Any], latency_ms: int = 0) -> StepReport:
+        return self._engine_module.StepReport(
+            run_id, event["event_type"], event["from_step"], event["to_step"],
+            RunStatus(event["to_status"]), latency_ms, event["reason"],
+        )
+
+    def _commit(self, write: Callable[[Tx, list[str]], Committed]) -> Committed | None:
+        """Run ``write`` in one write transaction; ``None`` if the run moved (nothing written)."""
+        blobs: list[str] = []
+        try:
+            with write_tx(self.db) as tx:
+                committed = write(tx, blobs)
+        except RunMoved:
+            return None
+        if blobs:
+            self._known_blobs.add(blobs)  # only once committed: a rollback un-stores them
+        return committed
+
+    def _blob(self, tx: Tx, body: bytes, now: str, blobs: list[str], current: str | None = None) -> str:
+        """Store ``body`` in ``tx`` unless it is known to be stored; return its hash.
+
+        Known: the run's current state (``current``), or a blob this engine
+        wrote in a committed transaction. A redacted body stays redacted
+        either way (``ON CONFLICT DO NOTHING`` never restores it).
+        """
+        digest = sha256_hex(body)
+        if digest != current and digest not in self._known_blobs:
+            tx.run(_INSERT_BLOB, {"sha256": digest, "body": body, "size": len(body), "created_at": now})
+            blobs.append(digest)
+        return digest
+
+    @staticmethod
+    def load(tx: Tx, run_id: str) -> dict[str, Any]:
+        """The run row as a dict. Raises ``RunNotFound``."""
+        row = tx.one(_SELECT_RUN, {"run_id": run_id})
+        if row is None:
+            raise RunNotFound(run_id)
+        return dict(zip(RUN_COLUMNS, row))
+
+    # -- leases -------------------------------------------------------------------
+
+    def acquire(self, run_id: str) -> dict[str, Any] | None:
+        """Take the run's lease; the row afterwards, or ``None`` if the run is not RUNNING.
+
+        Commits one transaction; a takeover also appends ``lease.taken_over``.
+
+        Raises:
+            RunNotFound: no such run.
+            LeaseHeld: another live engine holds the lease.
+        """
+        taken = self._take(run_id, None)
+        return None if taken is None else taken[0]
+
+    def _take(
+        self, run_id: str, machine: Machine[Any] | None
+    ) -> tuple[dict[str, Any], bytes | None, str | None] | None:
+        """:meth:`acquire`, also reading what advancing the run needs, in the same transaction.
+
+        Returns:
+            ``None`` if the run is not RUNNING; else the row afterwards and,
+            with ``machine``, the state blob's body (``None`` if missing or
+            redacted) and, when a deadline applies, when the run last entered
+            RUNNING (without ``machine``: ``None``, ``None``).
+
+        Raises:
+            RunNotFound: no such run.
+            LeaseHeld: another live engine holds the lease.
+        """
+        now_dt = self.engine._clock()
+        now, expires = format_utc(now_dt), format_utc(now_dt + self.engine.lease)
+        me = self.engine.owner
+        with write_tx(self.db) as tx:
+            run = self.load(tx, run_id)
+            if run["status"] != RunStatus.RUNNING:
+                return None
+            holder, until = run["lease_owner"], run["lease_expires_at"]
+            gone = holder not in (None, me) and self.trust_local_pids and owner_is_gone(holder)
+            if holder not in (None, me) and until is not None and until > now and not gone:
+                raise LeaseHeld(run_id, holder, until)
+            # Conditional on what was read, so the lease changes hands only from
+            # the holder this decision was about (we also hold the write lock).
+            taken = tx.run(
+                "UPDATE run SET lease_owner = :me, lease_expires_at = :exp WHERE run_id = :run_id "
+                "AND run_seq = :seq AND lease_owner IS :holder",
+                {"me": me, "exp": expires, "run_id": run_id, "seq": run["run_seq"], "holder": holder},
+            )
+            if taken != 1:
+                raise LeaseHeld(run_id, str(holder), str(until))
+            run.update(lease_owner=me, lease_expires_at=expires)
+            if holder not in (None, me):
+                why = "its process is gone" if gone else f"it expired at {until}"
+                run = write_transition(
+                    tx, self.db.ledger_id, run,
+                    event_type="lease.taken_over", to_status=RunStatus.RUNNING, to_step=run["step"],
+                    actor_type="system", actor_id=me, now=now,
+                    extra={"decision": "take_over", "outcome": "success",
+                           "reason": f"lease of {holder} taken over: {why}"},
+                    payload={"previous_owner": holder, "previous_expires_at": until, "owner_gone": gone},
+                    keep_lease=True, takeovers=run["takeovers"] + 1,
+                ).run
+            if machine is None:
+                return run, None, None
+            body = tx.one(_SELECT_BLOB, {"sha": run["state_sha256"]})
+            since = None
+            if machine.budget.deadline is not None or run["budget_json"]:
+                since = tx.one(_RUNNING_SINCE, {"run_id": run_id})
+        return run, None if body is None or body[0] is None else bytes(body[0]), None if since is None else since[0]
+
+    def release(self, run_id: str) -> None:
+        """Release this engine's lease on the run, if it still holds it. Commits one transaction."""
+        with write_tx(self.db) as tx:
+            tx.run(
+                "UPDATE run SET lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE run_id = :run_id AND lease_owner = :me",
+                {"run_id": run_id, "me": self.engine.owner},
+            )
+
+    # -- the loop -------------------------------------------------------------------
+
+    def advance(
+        self,
+        run_id: str,
+        *,
+        max_transitions: int | None = None,
+        on_event: Callable[[StepReport], None] | None = None,
+    ) -> RunInfo:
+        """See :meth:`statecraft.engine.Engine.advance`."""
+        found = read_one(self.db, _SELECT_RUN, {"run_id": run_id})
+        if found is None:
+            raise RunNotFound(run_id)
+        peek = dict(zip(RUN_COLUMNS, found))
+        if peek["status"] != RunStatus.RUNNING:
+            return self.engine.get(run_id)
+        machine = self.engine._machine(peek)
+        with self._active_lock:
+            if run_id in self._active:
+                raise LeaseHeld(run_id, f"{self.engine.owner} (another thread)", str(peek["lease_expires_at"]))
+            self._active.add(run_id)
+        try:
+            acquired = self._take(run_id, machine)
+            if acquired is None:
+                return self.engine.get(run_id)
+            row, body, since = acquired
+            lost = self.keeper.hold(run_id)
+            try:
+                live = self._open(machine, row, body, since, lost)
+                if live is not None:
+                    self._loop(live, max_transitions, on_event)
+                    row = live.row
+            finally:
+                self.keeper.drop(run_id)
+                if row.get("lease_owner") == self.engine.owner:
+                    self.release(run_id)
+        finally:
+            with self._active_lock:
+                self._active.discard(run_id)
+        return self.engine.get(run_id)
+
+    def _open(
+        self, machine: Machine[Any], row: dict[str, Any], body: bytes | None, since: str | None,
+        lost: threading.Event,
+    ) -> _Live | None:
+        if body is None:
+            self._system_fail(row, "checkpoint_missing", f"state blob {row['state_sha256']} is missing or redacted")
+            return None
+        state = machine.state_model.model_validate_json(body)
+        return _Live(
+            machine=machine, row=row, state=state,
+            limits=limits_for(machine, row["budget_json"]),
+            running_since=parse_utc(since) if since else None,
+            lost=lost,
+        )
+
+    def _loop(
+        self, live: _Live, max_transitions: int | None, on_event: Callable[[StepReport], None] | None
+    ) -> None:
+        machine, clock = live.machine, self.engine._clock
+        done = 0
+        slept_at = -1
+        while (max_transitions is None or done < max_transitions) and not self.stopping.is_set():
+            row = live.row
+            if live.lost.is_set() or row["status"] != RunStatus.RUNNING:
+                return
+            if row["wake_at"] and slept_at != row["run_seq"]:
+                # Retry backoff, durable in the row so a resumed run honours it.
+                slept_at = row["run_seq"]
+                wait_s = (parse_utc(row["wake_at"]) - clock()).total_seconds()
+                if wait_s > 0 and self.stopping.wait(wait_s):
+                    return
+                continue
+            step = machine.steps[row["step"]]
+            now_dt = clock()
+            exceeded = check(live.limits, row, step.name, now=now_dt, running_since=live.running_since)
+            if exceeded is not None:
+                committed = self._over_budget(live, step, exceeded)
+            elif row["takeovers"] >= self.crash_loop_limit:
+                committed = self._system_fail(
+                    row, "crash_loop",
+                    f"step {step.name!r} was taken over {row['takeovers']} times without completing "
+                    "(its process keeps dying); fix the cause, then retry the run",
+                )
+            else:
+                committed = self._step(live, step, now_dt)
+            if committed is None:
+                return  # the run moved on (cancelled, taken over), or the attempt was abandoned
+            live.row = committed.run
+            done += 1
+            if on_event is not None:
+                on_event(self._report(row["run_id"], committed.event, committed.event["latency_ms"] or 0))
+
+    # -- one attempt ----------------------------------------------------------------
+
+    def _step(self, live: _Live, step: Step, now_dt: datetime) -> Committed | None:
+        machine, row = live.machine, live.row
+        run_id = row["run_id"]
+        attempt = row["attempts"] + 1
+        view = machine.view(step.name, live.state)
+        effects = EffectLog(self.db, run_id, step.name, self._now)
+
+        def load_task() -> Any:
+            if not live.task:
+                live.task.append(self.engine.task(run_id))
+            return live.task[0]
+
+        ctx = StepContext(
+            run_id=run_id, machine=machine.name, machine_version=machine.version, step=step.name,
+            attempt=attempt, started_by=row["started_by"], load_task=load_task,
+            clock=self.engine._clock, once=effects, parent_run_id=row["parent_run_id"],
+            run_seq=row["run_seq"], visit=live.visit_counts().get(step.name, 0),
+        )
+        timeout_s = None if step.timeout is None else step.timeout.total_seconds()
+        deadline_cut = False
+        if live.limits.deadline_ms is not None and live.running_since is not None:
+            left = live.limits.deadline_ms / 1000 - (now_dt - live.running_since).total_seconds()
+            if timeout_s is None or left < timeout_s:
+                timeout_s, deadline_cut = max(left, 0.0), True
+        result = run_attempt(
+            step.agent, view, ctx, timeout_s=timeout_s, lost=live.lost, abandon=effects.abandon
+        )
+        if result.lost:
+            return None
+        view_is_state = view is live.state
+        if result.timed_out and deadline_cut:
+            elapsed = ms(self.engine._clock() - live.running_since) if live.running_since else 0
+            exceeded = Exceeded("deadline", live.limits.deadline_ms or 0, elapsed, step.name)
+            return self._over_budget(live, step, exceeded, result, view, attempt)
+        if result.timed_out or result.error is not None:
+            return self._attempt_failed(live, step, view, result, attempt, effects.used)
+        judged = machine.apply(step.name, live.state, result.outcome)
+        return self._commit_outcome(live, step, view if not view_is_state else None, judged, result, attempt, effects.used)
+
+    def _agent_fields(
+        self, tx: Tx, live: _Live, step: Step, view: BaseModel | None, result: Attempt, attempt: int,
+        now: str, blobs: list[str],
+    ) -> dict[str, Any]:
+        usage = result.usage
+        if view is None:
+            input_sha = live.row["state_sha256"]  # the view is the whole state: already stored
+        else:
+            input_sha = self._blob(
+                tx, blob_json(view.model_dump(mode="json")), now, blobs, live.row["state_sha256"]
+            )
+        return {
+            "agent_name": step.agent_name,
+            "agent_version": step.agent_version,
+            "prompt_version": usage.prompt_version or step.prompt_version,
+            "model_provider": usage.model_provider,
+            "model_id": usage.model_id,
+            "tokens_in": usage.tokens_in,
+            "tokens_out": usage.tokens_out,
+            "cost_micros": usage.cost_micros,
+            "latency_ms": result.latency_ms,
+            "attempt": attempt,
+            "input_sha256": input_sha,
+        }
+
+    def _calls(self, tx: Tx, run: dict[str, Any], calls: Sequence[RecordedCall], now: str, blobs: list[str]) -> dict[str, Any]:
+        """Append one event per recorded sub-call; the run's status, step and state are unchanged."""
+        jsonable = self._engine_module._jsonable
+        for call in calls:
+            fields: dict[str, Any] = {
+                "agent_name": call.name, "agent_version": call.version, "decision": call.decision,
+                "outcome": call.outcome, "reason": call.reason, "error_code": call.error_code,
+                "latency_ms": call.latency_ms, "attempt": call.attempt,
+                "model_provider": call.usage.model_provider, "model_id": call.usage.model_id,
+                "prompt_version": call.usage.prompt_version, "tokens_in": call.usage.tokens_in,
+                "tokens_out": call.usage.tokens_out, "cost_micros": call.usage.cost_micros,
+            }
+            if call.input is not None:
+                fields["input_sha256"] = self._blob(tx, blob_json(jsonable(call.input)), now, blobs)
+            if call.output is not None:
+                fields["output_sha256"] = self._blob(tx, blob_json(jsonable(call.output)), now, blobs)
+            run = write_transition(
+                tx, self.db.ledger_id, run, event_type=call.event_type,
+                to_status=RunStatus(run["status"]), to_step=run["step"], actor_type="agent",
+                actor_id=call.name, now=now, extra=fields, payload=call.payload, keep_lease=True,
+                usage=(call.usage.tokens_in, call.usage.tokens_out, call.usage.cost_micros),
+                fence_owner=self.engine.owner,
+            ).run
+        return run
+
+    def _gate(self, live: _Live, step: Step, state_sha: str, resume_at: str, reason: str, *, kind: str | None) -> dict[str, Any]:
+        digest = self._engine_module.proposal_digest(live.row["run_id"], state_sha, step.name, resume_at, reason)
+        deadline_at = None
+        if step.approval_deadline is not None:
+            deadline_at = format_utc(self.engine._clock() + step.approval_deadline)
+        # Approve-by-default only where the machine says so, and never for a
+        # budget or error gate: silence must not raise a limit or bless a failure.
+        on_timeout = step.on_approval_timeout if kind is None else "fail"
+        return {
+            "resume_at": resume_at, "digest": digest, "reason": reason, "kind": kind,
+            "deadline_at": deadline_at, "on_timeout": on_timeout if deadline_at else None,
+        }
+
+    def _commit_outcome(
+        self, live: _Live, step: Step, view: BaseModel | None, judged: Any, result: Attempt,
+        attempt: int, effects: list[dict[str, Any]],
+    ) -> Committed | None:
+        row, me = live.row, self.engine.owner
+        from_step = row["step"]
+        outcome_json = self._engine_module._outcome_json
+
+        def write(tx: Tx, blobs: list[str]) -> Committed:
+            now = self._now()
+            fields = self._agent_fields(tx, live, step, view, result, attempt, now, blobs)
+            current = self._calls(tx, row, result.calls, now, blobs)
+            usage = (result.usage.tokens_in, result.usage.tokens_out, result.usage.cost_micros)
+            payload: dict[str, Any] | None = {"effects": effects} if effects else None
+            if isinstance(judged, IllegalOutcome):
+                fields.update(outcome="failure", decision="illegal_outcome",
+                              error_code=judged.error_code, reason=judged.reason)
+                return write_transition(
+                    tx, self.db.ledger_id, current, event_type="run.failed", to_status=RunStatus.FAILED,
+                    to_step=from_step, actor_type="system", actor_id="statecraft", now=now, extra=fields,
+                    payload=payload, release_lease=True, usage=usage, fence_owner=me,
+                )
+            outcome = judged.outcome
+            fields["output_sha256"] = self._blob(tx, blob_json(outcome_json(outcome)), now, blobs)
+            if judged.state is live.state:
+                state_sha = row["state_sha256"]
+            else:
+                state_sha = self._blob(
+                    tx, blob_json(judged.state.model_dump(mode="json")), now, blobs, row["state_sha256"]
+                )
+            pending = None
+            visits = KEEP
+            if isinstance(outcome, Fail):
+                event_type, to_status, to_step, trigger = "run.failed", RunStatus.FAILED, from_step, Trigger.FAIL
+                fields.update(decision="fail", outcome="failure", reason=outcome.reason, error_code=outcome.error_code)
+            else:
+                done = dict(live.visit_counts())
+                done[from_step] = done.get(from_step, 0) + 1
+                visits = _VISITS_JSON(done)
+                if isinstance(outcome, Goto):
+                    event_type, to_status, to_step, trigger = "step.completed", RunStatus.RUNNING, outcome.step, Trigger.STEP
+                    fields.update(decision=f"goto:{outcome.step}", outcome="success", reason=outcome.reason)
+                elif isinstance(outcome, Finish):
+                    event_type, to_status, to_step, trigger = "run.completed", RunStatus.DONE, from_step, Trigger.FINISH
+                    fields.update(decision="finish", outcome="success", reason=outcome.reason)
+                else:
+                    assert isinstance(outcome, RequestApproval)
+                    event_type, to_status, to_step = "approval.requested", RunStatus.WAITING_FOR_APPROVAL, from_step
+                    trigger = Trigger.REQUEST_APPROVAL
+                    pending = self._gate(live, step, state_sha, outcome.resume_at, outcome.reason, kind=None)
+                    fields.update(decision=f"request_approval:{outcome.resume_at}", outcome="pending", reason=outcome.reason)
+                    payload = {"resume_at": outcome.resume_at, "proposal_digest": pending["digest"], "summary": outcome.summary}
+                    if pending["deadline_at"]:
+                        payload.update(deadline_at=pending["deadline_at"], on_timeout=pending["on_timeout"])
+                    if effects:
+                        payload["effects"] = effects
+            check_transition(current["status"], trigger, run_id=row["run_id"])
+            return write_transition(
+                tx, self.db.ledger_id, current, event_type=event_type, to_status=to_status, to_step=to_step,
+                actor_type="agent", actor_id=step.agent_name, now=now, extra=fields, payload=payload,
+                state_sha256=state_sha, pending=pending, count_step=True, usage=usage, fence_owner=me,
+                visits_json=visits,
+            )
+
+        committed = self._commit(write)
+        if committed is not None and not isinstance(judged, IllegalOutcome):
+            live.state = judged.state
+        return committed
+
+    def _failure(self, step: Step, machine: Machine[Any], result: Attempt, attempt: int) -> _Failure:
+        policy = step.retry or machine.retry
+        if result.timed_out:
+            return _Failure(
+                "timeout", "timeout", "TimeoutError",
+                f"attempt {attempt} of step {step.name!r} timed out after {result.latency_ms} ms",
+                "TimeoutError" not in policy.non_retryable,
+            )
+        exc = result.error
+        assert exc is not None
+        code = getattr(exc, "error_code", None)
+        return _Failure(
+            "failure", code if isinstance(code, str) and code else "agent_error", type(exc).__name__,
+            f"{type(exc).__name__}: {exc}"[:500], policy.is_retryable(exc),
+        )
+
+    def _attempt_failed(
+        self, live: _Live, step: Step, view: BaseModel, result: Attempt, attempt: int,
+        effects: list[dict[str, Any]],
+    ) -> Committed | None:
+        machine, row, me = live.machine, live.row, self.engine.owner
+        policy = step.retry or machine.retry
+        failure = self._failure(step, machine, result, attempt)
+        view_arg = None if view is live.state else view
+        if failure.retryable and attempt < policy.max_attempts:
+            delay = policy.delay(attempt, self.rng)
+            asked = getattr(result.error, "retry_after", None)
+            if isinstance(asked, timedelta) and asked > delay:
+                delay = asked  # the service said when; sooner would only fail again
+            now_dt = self.engine._clock()
+            if live.limits.deadline_ms is not None and live.running_since is not None:
+                # No point sleeping past the deadline; the budget check then stops the run.
+                end = live.running_since + timedelta(milliseconds=live.limits.deadline_ms)
+                delay = max(timedelta(0), min(delay, end - now_dt))
+            retry_at = format_utc(now_dt + delay)
+
+            def write_retry(tx: Tx, blobs: list[str]) -> Committed:
+                now = self._now()
+                fields = self._agent_fields(tx, live, step, view_arg, result, attempt, now, blobs)
+                current = self._calls(tx, row, result.calls, now, blobs)
+                fields.update(decision=f"retry:{attempt + 1}", outcome=failure.outcome,
+                              error_code=failure.error_code, reason=failure.reason)
+                payload: dict[str, Any] = {
+                    "error_type": failure.error_type, "delay_ms": ms(delay), "retry_at": retry_at,
+                    "max_attempts": policy.max_attempts,
+                }
+                if effects:
+                    payload["effects"] = effects
+                return write_transition(
+                    tx, self.db.ledger_id, current, event_type="step.attempt_failed",
+                    to_status=RunStatus.RUNNING, to_step=row["step"], actor_type="system",
+                    actor_id="statecraft", now=now, extra=fields, payload=payload, fence_owner=me,
+                    usage=(result.usage.tokens_in, result.usage.tokens_out, result.usage.cost_micros),
+                    attempts=attempt, wake_at=retry_at,
+                )
+
+            return self._commit(write_retry)
+
+        def write_exhausted(tx: Tx, blobs: list[str]) -> Committed:
+            now = self._now()
+            fields = self._agent_fields(tx, live, step, view_arg, result, attempt, now, blobs)
+            current = self._calls(tx, row, result.calls, now, blobs)
+            fields.update(outcome=failure.outcome, error_code=failure.error_code, reason=failure.reason)
+            payload: dict[str, Any] = {
+                "error_type": failure.error_type, "attempts": attempt, "retryable": failure.retryable,
+            }
+            if effects:
+                payload["effects"] = effects
+            usage = (result.usage.tokens_in, result.usage.tokens_out, result.usage.cost_micros)
+            common: dict[str, Any] = {
+                "actor_type": "system", "actor_id": "statecraft", "now": now, "usage": usage,
+                "fence_owner": me,
+            }
+            if step.on_error is not None:
+                # An error edge is a declared transition of the graph, and counts as a step.
+                check_transition(current["status"], Trigger.STEP, run_id=row["run_id"])
+                fields["decision"] = f"on_error:{step.on_error}"
+                return write_transition(
+                    tx, self.db.ledger_id, current, event_type="step.error_edge",
+                    to_status=RunStatus.RUNNING, to_step=step.on_error, extra=fields,
+                    payload=payload, count_step=True, **common,
+                )
+            if step.escalate_on_error:
+                check_transition(current["status"], Trigger.REQUEST_APPROVAL, run_id=row["run_id"])
+                reason = (
+                    f"step {step.name!r} failed after {attempt} attempt(s): {failure.reason}; "
+                    "approve to run it again, reject to fail the run"
+                )
+                pending = self._gate(live, step, row["state_sha256"], step.name, reason, kind="error")
+                fields.update(decision=f"escalate:{step.name}", reason=reason)
+                payload.update(resume_at=step.name, proposal_digest=pending["digest"], error=failure.reason)
+                if pending["deadline_at"]:
+                    payload.update(deadline_at=pending["deadline_at"], on_timeout="fail")
+                return write_transition(
+                    tx, self.db.ledger_id, current, event_type="approval.requested",
+                    to_status=RunStatus.WAITING_FOR_APPROVAL, to_step=step.name, extra=fields,
+                    payload=payload, pending=pending, **common,
+                )
+            check_transition(current["status"], Trigger.FAIL, run_id=row["run_id"])
+            fields["decision"] = "fail"
+            return write_transition(
+                tx, self.db.ledger_id, current, event_type="run.failed", to_status=RunStatus.FAILED,
+                to_step=step.name, extra=fields, payload=payload, **common,
+            )
+
+        return self._commit(write_exhausted)
+
+    # -- system decisions -------------------------------------------------------------
+
+    def _over_budget(
+        self, live: _Live, step: Step, exceeded: Exceeded, result: Attempt | None = None,
+        view: BaseModel | None = None, attempt: int | None = None,
+    ) -> Committed | None:
+        row, me = live.row, self.engine.owner
+        ask = live.limits.on_exceeded == "request_approval"
+
+        def write(tx: Tx, blobs: list[str]) -> Committed:
+            now = self._now()
+            current = row
+            fields: dict[str, Any] = {"error_code": "budget_exceeded", "reason": exceeded.reason}
+            usage = (0, 0, 0)
+            if result is not None and attempt is not None:
+                # The attempt the deadline cut short is part of this event.
+                fields.update(self._agent_fields(tx, live, step, None if view is live.state else view, result, attempt, now, blobs))
+                fields.update(outcome="timeout", error_code="budget_exceeded", reason=exceeded.reason)
+                current = self._calls(tx, row, result.calls, now, blobs)
+                usage = (result.usage.tokens_in, result.usage.tokens_out, result.usage.cost_micros)
+            payload: dict[str, Any] = exceeded.payload()
+            if ask:
+                check_transition(current["status"], Trigger.REQUEST_APPROVAL, run_id=row["run_id"])
+                reason = f"{exceeded.reason}; approve with a higher {exceeded.budget} to continue"
+                pending = self._gate(live, step, row["state_sha256"], step.name, reason, kind=f"budget:{exceeded.budget}")
+                fields.setdefault("outcome", "pending")
+                fields.update(decision=f"extend_budget:{exceeded.budget}", reason=reason)
+                payload.update(resume_at=step.name, proposal_digest=pending["digest"])
+                if pending["deadline_at"]:
+                    payload.update(deadline_at=pending["deadline_at"], on_timeout="fail")
+                return write_transition(
+                    tx, self.db.ledger_id, current, event_type="approval.requested",
+                    to_status=RunStatus.WAITING_FOR_APPROVAL, to_step=step.name, actor_type="system",
+                    actor_id="statecraft", now=now, extra=fields, payload=payload, pending=pending,
+                    usage=usage, fence_owner=me,
+                )
+            check_transition(current["status"], Trigger.FAIL, run_id=row["run_id"])
+            fields.setdefault("outcome", "failure")
+            fields["decision"] = f"budget:{exceeded.budget}"
+            return write_transition(
+                tx, self.db.ledger_id, current, event_type="run.failed", to_status=RunStatus.FAILED,
+                to_step=step.name, actor_type="system", actor_id="statecraft", now=now, extra=fields,
+                payload=payload, usage=usage, fence_owner=me,
+            )
+
+        return self._commit(write)
+
+    def _system_fail(self, row: dict[str, Any], code: str, reason: str) -> Committed | None:
+        def write(tx: Tx, blobs: list[str]) -> Committed:
+            check_transition(row["status"], Trigger.FAIL, run_id=row["run_id"])
+            return write_transition(
+                tx, self.db.ledger_id, row, event_type="run.failed", to_status=RunStatus.FAILED,
+                to_step=row["step"], actor_type="system", actor_id="statecraft", now=self._now(),
+                extra={"outcome": "failure", "decision": "fail", "error_code": code, "reason": reason},
+                fence_owner=self.engine.owner,
+            )
+
+        return self._commit(write)
+
+    # -- resume, worker support, approval deadlines ---------------------------------------
+
+    def resume(
+        self,
+        run_id: str,
+        *,
+        wait: timedelta | None = None,
+        on_event: Callable[[StepReport], None] | None = None,
+    ) -> RunInfo:
+        """See :meth:`statecraft.engine.Engine.resume`."""
+        until = time.monotonic() + (wait.total_seconds() if wait else 0.0)
+        while True:
+            info = self.engine.get(run_id)
+            if info.status != RunStatus.RUNNING:
+                hint = {
+                    RunStatus.WAITING_FOR_APPROVAL: "it waits for approval: approve or reject it",
+                    RunStatus.FAILED: "it failed: `statecraft retry` resumes a failed run",
+                    RunStatus.DONE: "it is already DONE",
+                    RunStatus.IDLE: "it was never started",
+                }[info.status]
+                raise IllegalTransition(
+                    f"run {run_id}: cannot resume a run that is {info.status.value} ({hint})",
+                    run_id=run_id, status=info.status.value, trigger="resume", step=info.step,
+                )
+            try:
+                return self.advance(run_id, on_event=on_event)
+            except LeaseHeld as held:
+                left = until - time.monotonic()
+                if left <= 0:
+                    raise
+                try:
+                    until_free = (parse_utc(held.expires_at) - self.engine._clock()).total_seconds()
+                except ValueError:  # held by another thread of this engine: no expiry to wait for
+                    until_free = 0.2
+                time.sleep(max(0.05, min(left, until_free, 1.0)))
+
+    def runnable(self, limit: int) -> list[str]:
+        """RUNNING runs no live engine holds and whose retry backoff is over, oldest first. Read-only."""
+        now = self._now()
+        with self.db.read() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT run_id, lease_owner, lease_expires_at FROM run WHERE status = 'RUNNING' "
+                "AND (wake_at IS NULL OR wake_at <= ?) ORDER BY updated_at LIMIT ?",
+                (now, max(limit * 4, limit + 16)),
+            ).all()
+        out = []
+        for run_id, owner, until in rows:
+            free = owner is None or (until is not None and until <= now)
+            if not free and owner != self.engine.owner and self.trust_local_pids:
+                free = owner_is_gone(owner)
+            if free:
+                out.append(run_id)
+            if len(out) >= limit:
+                break
+        return out
+
+    def expire_due(self, run_id: str | None = None) -> list[str]:
+        """Apply the on-timeout action of every gate whose approval deadline has passed.
+
+        One transaction per run: ``approval.expired`` (actor ``system``) to
+        FAILED (``error_code`` ``approval_expired``), or to RUNNING at the
+        gate's ``resume_at`` where the step declared ``on_approval_timeout="approve"``
+        (never for budget or error gates, nor gates with an ``ApprovalPolicy``).
+
+        Returns:
+            The ids of the runs changed.
+        """
+        now = self._now()
+        where = "status = 'WAITING_FOR_APPROVAL' AND pending_deadline_at IS NOT NULL AND pending_deadline_at <= ?"
+        params: tuple[Any, ...] = (now,)
+        if run_id is not None:
+            where += " AND run_id = ?"
+            params = (now, run_id)
+        with self.db.read() as conn:
+            due = [r[0] for r in conn.exec_driver_sql(f"SELECT run_id FROM run WHERE {where}", params).all()]
+        changed = []
+        for rid in due:
+            with self.db.read() as conn:
+                seen = self.load(tx_of(conn), rid)
+                # A gate with an approval policy (four-eyes, a named group) needs
+                # named people: silence never passes it. The policy is fixed by
+                # the request event, so reading it before the write is safe.
+                policy_gate = seen["pending_on_timeout"] == "approve" and self._has_policy(conn, seen)
+            with write_tx(self.db) as tx:
+                row = self.load(tx, rid)
+                deadline = row["pending_deadline_at"]
+                if row["status"] != RunStatus.WAITING_FOR_APPROVAL or not deadline or deadline > now:
+                    continue  # decided meanwhile
+                if row["pending_request_event_id"] != seen["pending_request_event_id"]:
+                    continue  # another gate now; the next pass judges it
+                approve = (
+                    row["pending_on_timeout"] == "approve" and row["pending_kind"] is None and not policy_gate
+                )
+                fields = {
+                    "caused_by_event_id": row["pending_request_event_id"],
+                    "reason": f"approval deadline {deadline} passed without a decision",
+                }
+                if approve:
+                    check_transition(row["status"], Trigger.APPROVE, run_id=rid)
+                    fields.update(decision="approve_by_default", outcome="success")
+                    to_status, to_step = RunStatus.RUNNING, row["pending_resume_at"]
+                else:
+                    check_transition(row["status"], Trigger.EXPIRE, run_id=rid)
+                    fields.update(decision="expire", outcome="timeout", error_code="approval_expired")
+                    to_status, to_step = RunStatus.FAILED, row["step"]
+                write_transition(
+                    tx, self.db.ledger_id, row, event_type="approval.expired", to_status=to_status,
+                    to_step=to_step, actor_type="system", actor_id="statecraft", now=now, extra=fields,
+                    payload={"deadline_at": deadline, "proposal_digest": row["pending_proposal_digest"],
+                             "on_timeout": "approve" if approve else "fail"},
+                    clear_pending=True,
+                )
+                changed.append(rid)
+        return changed
+
+    def _has_policy(self, conn: Any, row: Mapping[str, Any]) -> bool:
+        try:
+            return self.engine._gate(conn, row).policy is not None
+        except ApprovalRefused:  # the proposal was redacted: its policy is unknown, fail closed
+            return True
+
+    def close(self) -> None:
+        """Stop renewing leases."""
+        self.keeper.close()

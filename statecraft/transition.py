@@ -1,0 +1,252 @@
+"""The one place a run row changes: update the row, append its audit event, store the checkpoint.
+
+Every transition is one call of :func:`write_transition` inside one write
+transaction, and writes exactly one audit event. Every event of a run
+records the run's status, step and state hash *after* it (``to_status``,
+``to_step``, ``state_sha256``), so folding a run's events reproduces its row
+(DESIGN.md invariant 2; ``statecraft.audit.verify.fold_runs``).
+
+The row UPDATE is conditional on the run's position (``run_seq``) and,
+for steps an engine executed under a lease, on the lease owner: a writer
+whose view of the run is stale (the run was cancelled, or another engine
+took it over) changes nothing and gets :class:`RunMoved`, and its whole
+transaction rolls back. That is the fence that makes a lease safe even
+when its holder stalls past expiry (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .audit.chain import HEAD_SQL, INSERT_SQL, new_event_row
+from .errors import RunError
+from .lifecycle import RunStatus
+from .store.txn import Tx
+
+__all__ = ["KEEP", "RUN_COLUMNS", "Committed", "RunMoved", "write_transition"]
+
+RUN_COLUMNS: Final[tuple[str, ...]] = (
+    "run_id", "machine_name", "machine_version", "machine_digest", "machine_ref", "status", "step",
+    "state_sha256", "task_sha256", "run_seq", "steps_taken", "created_at", "updated_at", "started_by",
+    "parent_run_id", "last_event_id", "pending_resume_at", "pending_request_event_id",
+    "pending_proposal_digest", "pending_reason", "error_code", "reason", "tokens_in", "tokens_out",
+    "cost_micros", "lease_owner", "lease_expires_at", "attempts", "wake_at", "visits_json",
+    "budget_json", "takeovers", "pending_kind", "pending_deadline_at", "pending_on_timeout",
+)
+"""Every column of ``run`` that transitions read, in one order."""
+
+
+class _Keep:
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Final[Any] = _Keep()
+"""Sentinel: leave this column as it is."""
+
+
+class RunMoved(RunError):
+    """The run is no longer where the writer saw it (position or lease owner changed); nothing was written."""
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What one transition wrote.
+
+    Attributes:
+        event: the audit row as inserted.
+        run: the run row as it is after the transition (the caller's cache).
+    """
+
+    event: dict[str, Any]
+    run: dict[str, Any]
+
+
+_UPDATE_RUN: Final = (
+    "UPDATE run SET status = :status, step = :step, state_sha256 = :state_sha256, "
+    "run_seq = :run_seq, steps_taken = :steps_taken, updated_at = :updated_at, "
+    "last_event_id = :last_event_id, pending_resume_at = :pending_resume_at, "
+    "pending_request_event_id = :pending_request_event_id, "
+    "pending_proposal_digest = :pending_proposal_digest, pending_reason = :pending_reason, "
+    "error_code = :error_code, reason = :reason, tokens_in = :tokens_in, "
+    "tokens_out = :tokens_out, cost_micros = :cost_micros, "
+    # Lease columns are only ever cleared here; renewals happen outside
+    # transitions, so writing back a cached expiry would undo one.
+    "lease_owner = CASE WHEN :release THEN NULL ELSE lease_owner END, "
+    "lease_expires_at = CASE WHEN :release THEN NULL ELSE lease_expires_at END, "
+    "attempts = :attempts, wake_at = :wake_at, visits_json = :visits_json, "
+    "budget_json = :budget_json, takeovers = :takeovers, pending_kind = :pending_kind, "
+    "pending_deadline_at = :pending_deadline_at, pending_on_timeout = :pending_on_timeout "
+    "WHERE run_id = :run_id AND run_seq = :expected_seq"
+)
+_FENCED: Final = _UPDATE_RUN + " AND lease_owner = :fence_owner"
+
+
+def _new_event_id() -> str:
+    """A random UUID (version 4) as ``str(uuid.uuid4())`` spells it, without the UUID object."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def write_transition(
+    tx: Tx,
+    ledger_id: str,
+    run: Mapping[str, Any],
+    *,
+    event_type: str,
+    to_status: RunStatus,
+    to_step: str | None,
+    actor_type: str,
+    actor_id: str,
+    now: str,
+    extra: Mapping[str, Any] | None = None,
+    payload: Any = None,
+    state_sha256: str | None = None,
+    pending: Mapping[str, Any] | None = None,
+    clear_pending: bool = False,
+    clear_error: bool = False,
+    release_lease: bool = False,
+    keep_lease: bool = False,
+    count_step: bool = False,
+    usage: tuple[int, int, int] = (0, 0, 0),
+    fence_owner: str | None = None,
+    attempts: Any = KEEP,
+    wake_at: Any = KEEP,
+    takeovers: Any = KEEP,
+    visits_json: Any = KEEP,
+    budget_json: Any = KEEP,
+) -> Committed:
+    """Update the run row, append its audit event and store the checkpoint. Inside ``tx``.
+
+    Args:
+        tx: the open write transaction.
+        ledger_id: this database's ledger id.
+        run: the run row as the caller saw it (all ``run`` columns).
+        event_type, to_status, to_step, actor_type, actor_id, now: the event.
+        extra: further audit columns (``decision``, ``reason``, usage, …).
+        payload: JSON event detail (no floats), bound into the chain.
+        state_sha256: the new state's hash; default: unchanged.
+        pending: entering a gate: ``resume_at``, ``digest``, ``reason`` and
+            optionally ``kind``, ``deadline_at``, ``on_timeout``.
+        clear_pending: leaving a gate.
+        clear_error: forget the run's last error (operator actions).
+        release_lease: clear the lease (also implied by any status but RUNNING).
+        keep_lease: never clear the lease (sub-call events, takeovers).
+        count_step: one more committed step (``steps_taken``).
+        usage: ``(tokens_in, tokens_out, cost_micros)`` to add to the run's totals.
+        fence_owner: commit only if this engine still holds the lease.
+        attempts, wake_at, takeovers: explicit values; by default they are
+            kept while the run stays at the same status and step without
+            committing a step, and reset (0 / NULL / 0) otherwise.
+        visits_json, budget_json: explicit values; kept by default.
+
+    Returns:
+        The inserted event and the run row after the transition.
+
+    Raises:
+        RunMoved: the run's ``run_seq`` (or lease owner, with ``fence_owner``)
+            is not what ``run`` says; nothing was written, and the caller
+            must roll the transaction back (``write_tx`` does, as it
+            propagates).
+    """
+    run_seq = run["run_seq"] + 1
+    state_sha = state_sha256 or run["state_sha256"]
+    event_id = _new_event_id()
+    fields: dict[str, Any] = {
+        "event_id": event_id,
+        "run_id": run["run_id"],
+        "run_seq": run_seq,
+        "parent_run_id": run["parent_run_id"],
+        "machine_name": run["machine_name"],
+        "machine_version": run["machine_version"],
+        "machine_digest": run["machine_digest"],
+        "event_type": event_type,
+        "from_status": run["status"] if run_seq > 1 else None,
+        "to_status": str(to_status),
+        "from_step": run["step"] if run_seq > 1 else None,
+        "to_step": to_step,
+        "occurred_at": now,
+        "recorded_at": now,
+        "actor_type": actor_type,
+        "actor_id": actor_id,
+        "state_sha256": state_sha,
+    }
+    if extra:
+        fields.update(extra)
+    same_place = to_status == run["status"] and to_step == run["step"] and not count_step
+    release = (release_lease or to_status != RunStatus.RUNNING) and not keep_lease
+    values: dict[str, Any] = {
+        "run_id": run["run_id"],
+        "expected_seq": run["run_seq"],
+        "fence_owner": fence_owner,
+        "status": str(to_status),
+        "step": to_step,
+        "state_sha256": state_sha,
+        "run_seq": run_seq,
+        "steps_taken": run["steps_taken"] + (1 if count_step else 0),
+        "updated_at": now,
+        "last_event_id": event_id,
+        "tokens_in": run["tokens_in"] + usage[0],
+        "tokens_out": run["tokens_out"] + usage[1],
+        "cost_micros": run["cost_micros"] + usage[2],
+        "release": release,
+        "attempts": (run["attempts"] if same_place else 0) if attempts is KEEP else attempts,
+        "wake_at": (run["wake_at"] if same_place else None) if wake_at is KEEP else wake_at,
+        "takeovers": (run["takeovers"] if same_place else 0) if takeovers is KEEP else takeovers,
+        "visits_json": run["visits_json"] if visits_json is KEEP else visits_json,
+        "budget_json": run["budget_json"] if budget_json is KEEP else budget_json,
+    }
+    if pending is not None:
+        values.update(
+            pending_resume_at=pending["resume_at"],
+            pending_request_event_id=event_id,
+            pending_proposal_digest=pending["digest"],
+            pending_reason=pending["reason"],
+            pending_kind=pending.get("kind"),
+            pending_deadline_at=pending.get("deadline_at"),
+            pending_on_timeout=pending.get("on_timeout"),
+        )
+    elif clear_pending:
+        values.update(
+            pending_resume_at=None, pending_request_event_id=None,
+            pending_proposal_digest=None, pending_reason=None,
+            pending_kind=None, pending_deadline_at=None, pending_on_timeout=None,
+        )
+    else:
+        for column in (
+            "pending_resume_at", "pending_request_event_id", "pending_proposal_digest",
+            "pending_reason", "pending_kind", "pending_deadline_at", "pending_on_timeout",
+        ):
+            values[column] = run[column]
+    if to_status == RunStatus.FAILED:
+        values.update(error_code=fields.get("error_code"), reason=fields.get("reason"))
+    elif clear_error or to_status == RunStatus.RUNNING and run["status"] != RunStatus.RUNNING:
+        values.update(error_code=None, reason=None)
+    else:
+        values.update(error_code=run["error_code"], reason=run["reason"])
+    # Fenced UPDATE first: a stale writer learns it before hashing anything.
+    if tx.run(_FENCED if fence_owner is not None else _UPDATE_RUN, values) != 1:
+        raise RunMoved(
+            f"run {run['run_id']} moved on (expected run_seq {run['run_seq']}"
+            + (f" under lease {fence_owner}" if fence_owner else "")
+            + "); nothing written",
+            run_id=run["run_id"],
+        )
+    head = tx.one(HEAD_SQL)
+    event = new_event_row(
+        None if head is None else (head[0], head[1]), ledger_id=ledger_id, fields=fields, payload=payload
+    )
+    tx.run(INSERT_SQL, event)
+    after = dict(run)
+    for key in ("expected_seq", "fence_owner", "release"):
+        values.pop(key)
+    after.update(values)
+    if release:
+        after["lease_owner"] = after["lease_expires_at"] = None
+    return Committed(event, after)

@@ -1,0 +1,198 @@
+"""Leases: one engine advances a run at a time; takeovers are audited; stale engines commit nothing."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from statecraft import Engine, Finish, Goto, LeaseHeld, Machine, RunStatus, Step
+from statecraft.store.txn import write_tx
+from tests.support.reliability import Counter, FakeClock, assert_ledger_ok, event_types
+
+
+class Gate:
+    """An agent that blocks until released, and says when it has started."""
+
+    def __init__(self, then: object) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.then = then
+        self.calls = 0
+
+    def __call__(self, state: Counter, ctx: Any) -> object:
+        self.calls += 1
+        self.started.set()
+        self.release.wait(10)
+        return self.then
+
+
+def blocking(agent: Gate) -> Machine[Counter]:
+    return Machine("block", "1", Counter, [
+        Step("wait", agent, next=["end"]),
+        Step("end", lambda s, c: Finish(), may_finish=True),
+    ])
+
+
+def _in_thread(fn: Any, *args: Any, **kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, box
+
+
+def test_a_live_lease_keeps_a_second_engine_out(db_path: Path) -> None:
+    agent = Gate(Goto("end"))
+    m = blocking(agent)
+    with Engine(db_path) as a, Engine(db_path, machines=[m]) as b:
+        run = a.start(m, {}, advance=False)
+        t, box = _in_thread(a.advance, run.run_id)
+        assert agent.started.wait(5)
+        with pytest.raises(LeaseHeld) as held:
+            b.advance(run.run_id)
+        assert held.value.owner == a.owner
+        assert b.runnable() == []
+        agent.release.set()
+        t.join(5)
+        assert box["result"].status is RunStatus.DONE
+        assert "lease.taken_over" not in event_types(a, run.run_id)
+
+
+def test_an_expired_lease_is_taken_over_and_the_takeover_is_audited(db_path: Path, clock: FakeClock) -> None:
+    m = blocking(Gate(Goto("end")))
+    with Engine(db_path, clock=clock) as dead, Engine(db_path, clock=clock, machines=[m]) as alive:
+        run = dead.start(m, {}, advance=False)
+        assert dead._runner.acquire(run.run_id) is not None  # and then its process "hangs"
+        with pytest.raises(LeaseHeld):
+            alive.advance(run.run_id)
+        clock.advance(timedelta(seconds=61))
+        assert alive.runnable() == [run.run_id]
+        m.steps["wait"].agent.release.set()  # type: ignore[union-attr]
+        done = alive.advance(run.run_id)
+        assert done.status is RunStatus.DONE
+        taken = [e for e in alive.events(run.run_id) if e.event_type == "lease.taken_over"]
+        assert len(taken) == 1
+        assert (taken[0].actor_type, taken[0].actor_id, taken[0].to_status) == ("system", alive.owner, "RUNNING")
+        assert json.loads(taken[0].payload_json or "{}")["previous_owner"] == dead.owner
+        assert_ledger_ok(alive)
+
+
+def test_a_lease_of_a_dead_local_process_is_taken_over_at_once(db_path: Path) -> None:
+    m = blocking(Gate(Goto("end")))
+    m.steps["wait"].agent.release.set()  # type: ignore[union-attr]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_owner = f"{socket.gethostname()}:{int(gone.stdout)}:deadbeef"
+    with Engine(db_path, machines=[m]) as engine:
+        run = engine.start(m, {}, advance=False)
+        with write_tx(engine.db) as tx:
+            tx.run("UPDATE run SET lease_owner = :o, lease_expires_at = '2999-01-01T00:00:00.000000Z' "
+                   "WHERE run_id = :r", {"o": dead_owner, "r": run.run_id})
+        assert engine.runnable() == [run.run_id]
+        done = engine.resume(run.run_id)
+        assert done.status is RunStatus.DONE
+        taken = [e for e in engine.events(run.run_id) if e.event_type == "lease.taken_over"][0]
+        assert json.loads(taken.payload_json or "{}")["owner_gone"] is True
+    with Engine(db_path, machines=[m], trust_local_pids=False) as careful:
+        run = careful.start(m, {}, advance=False)
+        with write_tx(careful.db) as tx:
+            tx.run("UPDATE run SET lease_owner = :o, lease_expires_at = '2999-01-01T00:00:00.000000Z' "
+                   "WHERE run_id = :r", {"o": dead_owner, "r": run.run_id})
+        with pytest.raises(LeaseHeld):
+            careful.resume(run.run_id)
+
+
+def test_a_stalled_engine_commits_nothing_after_its_lease_was_taken_over(db_path: Path, clock: FakeClock) -> None:
+    first_call = threading.Event()
+    release = threading.Event()
+    calls: list[int] = []
+
+    def stalls_once(state: Counter, ctx: Any) -> object:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            first_call.set()
+            release.wait(10)  # e.g. a GC pause or a frozen VM: no renewals either
+            return Goto("end", update={"n": 666})
+        return Goto("end")
+
+    m = Machine("stall", "1", Counter, [
+        Step("wait", stalls_once, next=["end"], writes=["n"]),
+        Step("end", lambda s, c: Finish(), may_finish=True),
+    ])
+    with Engine(db_path, clock=clock) as stalled, Engine(db_path, clock=clock, machines=[m]) as rescuer:
+        run = stalled.start(m, {}, advance=False)
+        t, box = _in_thread(stalled.advance, run.run_id)
+        assert first_call.wait(5)  # the stalled engine is inside the agent call
+        clock.advance(timedelta(minutes=5))  # its lease expires without renewal
+        rescued = rescuer.advance(run.run_id)
+        release.set()  # the stalled engine wakes up and tries to commit
+        t.join(5)
+        assert "error" not in box
+        assert rescued.status is RunStatus.DONE
+        assert len(calls) == 2  # at-least-once: both engines ran the step …
+        events = rescuer.events(run.run_id)
+        completed = [e for e in events if e.event_type == "step.completed"]
+        assert len(completed) == 1  # … and only the rescuer's call committed
+        assert rescuer.get(run.run_id).state["n"] == 0
+        assert box["result"].status is RunStatus.DONE  # the stalled engine saw the run moved on
+        assert_ledger_ok(rescuer)
+
+
+def test_the_lease_is_renewed_while_a_long_step_runs(db_path: Path) -> None:
+    agent = Gate(Goto("end"))
+    m = blocking(agent)
+    with Engine(db_path, lease=timedelta(milliseconds=300)) as a, Engine(db_path, machines=[m]) as b:
+        run = a.start(m, {}, advance=False)
+        t, box = _in_thread(a.advance, run.run_id)
+        assert agent.started.wait(5)
+        first = a.get(run.run_id).lease_expires_at
+        time.sleep(1.0)  # more than three lease periods
+        assert a.get(run.run_id).lease_expires_at != first
+        with pytest.raises(LeaseHeld):
+            b.advance(run.run_id)
+        agent.release.set()
+        t.join(5)
+        assert box["result"].status is RunStatus.DONE
+        assert box["result"].lease_owner is None  # released at the terminal status
+
+
+def test_a_run_cancelled_during_its_step_commits_nothing_more(engine: Engine) -> None:
+    agent = Gate(Goto("end", update={"n": 1}))
+    m = blocking(agent)
+    run = engine.start(m, {}, advance=False)
+    t, box = _in_thread(engine.advance, run.run_id)
+    assert agent.started.wait(5)
+    engine.cancel(run.run_id, by="ops", reason="customer withdrew")
+    agent.release.set()
+    t.join(5)
+    final = engine.get(run.run_id)
+    assert (final.status, final.error_code, final.state["n"]) == (RunStatus.FAILED, "cancelled", 0)
+    assert event_types(engine, run.run_id)[-1] == "run.cancelled"
+    assert_ledger_ok(engine)
+
+
+def test_a_step_that_keeps_killing_its_process_fails_the_run_as_a_crash_loop(db_path: Path, clock: FakeClock) -> None:
+    m = blocking(Gate(Goto("end")))
+    with Engine(db_path, clock=clock, crash_loop_limit=3, machines=[m]) as engine:
+        run = engine.start(m, {}, advance=False)
+        for i in range(4):  # four engines take the step, each "dies" inside it
+            with Engine(db_path, clock=clock) as doomed:
+                doomed._runner.acquire(run.run_id)
+            clock.advance(timedelta(minutes=2))
+        final = engine.advance(run.run_id)
+        assert (final.status, final.error_code) == (RunStatus.FAILED, "crash_loop")
+        assert event_types(engine, run.run_id).count("lease.taken_over") == 4
