@@ -1,0 +1,649 @@
+"""Running worker calls concurrently inside one step: cap, per-worker timeout, retry, completion.
+
+The engine runs a step's agent once per attempt, outside any transaction; a
+pattern that needs several sub-calls (fan-out, supervisor specialists,
+debate advocates) makes them here, inside that agent, and records each call
+through ``ctx.record_call``, so every attempt of every worker becomes its own
+audit event written in the step's transaction (``agent.called``, outcome
+``success`` / ``failure`` / ``timeout`` / ``cancelled``, latency, attempt,
+input and output by hash). A closing ``fanout.completed`` event records the
+policy, why the fan-out stopped and every worker's final status, so the
+aggregate can be reconstructed from the log alone.
+
+Concurrency model, and its hazard
+---------------------------------
+``max_concurrency`` **daemon** slot threads pull attempts from a queue; a
+slot that finishes an attempt starts the next one itself, and the
+coordinating thread (the step's) only wakes for ends, timeouts, retry
+backoffs and the deadline. Wall time is therefore about the slowest worker,
+not the sum (bench/bench_fanout.py measures it).
+
+Python cannot kill a thread. A worker that exceeds ``worker_timeout`` (or is
+still running when a quorum or deadline ends the fan-out) is **abandoned**:
+its result is ignored, its context's ``cancelled`` event is set, a new slot
+thread replaces it, and the old thread runs on in the background until the
+callable returns. So:
+
+- an abandoned worker still consumes CPU, memory, connections and API quota,
+  and more than ``max_concurrency`` threads may briefly exist;
+- its side effects still happen: workers must be free of side effects, or
+  make them idempotent (``wctx.idempotency_key``);
+- long-running workers should poll ``wctx.cancelled`` (or sleep with
+  ``wctx.cancelled.wait(seconds)``) to stop early.
+
+Daemon threads (rather than a ``concurrent.futures.ThreadPoolExecutor``,
+whose threads the interpreter joins at exit, and which cannot replace a stuck
+thread) keep one hung worker from hanging the process, e.g. the CLI, after
+the step has committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import to_jsonable_python
+
+from ..agents.base import RecordedCall, StepContext, Usage
+from ..policy import RetryPolicy
+
+__all__ = [
+    "All",
+    "Completion",
+    "Deadline",
+    "FanOutResult",
+    "Quorum",
+    "WorkerCall",
+    "WorkerContext",
+    "WorkerReport",
+    "run_parallel",
+]
+
+WorkerStatus = Literal["success", "failure", "timeout", "cancelled", "not_started"]
+
+
+# -- completion policies ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class All:
+    """Wait until every worker has finished (succeeded, or failed after its retries).
+
+    Failed and timed-out workers are flagged in the aggregate; the fan-out is
+    *satisfied* (not fatal) unless fewer than ``min_success`` succeeded, or
+    ``strict`` and any failed (a strict fan-out stops at the first final failure).
+
+    Attributes:
+        min_success: successes needed for the fan-out to count as satisfied.
+        strict: every worker must succeed.
+    """
+
+    min_success: int = 0
+    strict: bool = False
+
+    def describe(self) -> str:
+        """Short text recorded in the audit (``all``, ``all:strict``, ``all:min=2``)."""
+        if self.strict:
+            return "all:strict"
+        return f"all:min={self.min_success}" if self.min_success else "all"
+
+
+@dataclass(frozen=True)
+class Quorum:
+    """Finish as soon as ``n`` workers have succeeded; abandon the rest (flagged ``cancelled``).
+
+    Unsatisfied (and stopped early) as soon as ``n`` successes became impossible.
+    """
+
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError("Quorum(n) needs n >= 1")
+
+    def describe(self) -> str:
+        """``quorum:N``."""
+        return f"quorum:{self.n}"
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """Wait for every worker, but no longer than ``after``; then go on with partial results.
+
+    Workers still running at the deadline are abandoned and flagged
+    ``timeout``; workers never started are flagged ``not_started``.
+    Satisfied when at least ``min_success`` succeeded.
+    """
+
+    after: timedelta
+    min_success: int = 0
+
+    def __post_init__(self) -> None:
+        if self.after <= timedelta(0):
+            raise ValueError("Deadline(after) must be positive")
+
+    def describe(self) -> str:
+        """``deadline:MSms`` (plus ``:min=N``)."""
+        text = f"deadline:{_ms(self.after)}ms"
+        return f"{text}:min={self.min_success}" if self.min_success else text
+
+
+Completion = All | Quorum | Deadline
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+class WorkerReport(BaseModel):
+    """One worker's final result in an aggregate (kept in the state; timings live in the audit).
+
+    Attributes:
+        status: ``success``; ``failure`` (raised, or output broke its
+            contract, after retries); ``timeout`` (exceeded its timeout or
+            the deadline); ``cancelled`` (abandoned because the policy
+            settled); ``not_started``.
+        output: the worker's JSON output when ``success``.
+        error: one line when not ``success``.
+        attempts: attempts started (0 when ``not_started``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    status: WorkerStatus
+    output: Any = None
+    error: str | None = None
+    attempts: int = 0
+
+
+class FanOutResult(BaseModel):
+    """The aggregate of a fan-out: every worker's report, flagged failures included.
+
+    Declare a state field ``FanOutResult | None`` to hold it.
+
+    Attributes:
+        policy: the completion policy (``all``, ``quorum:3``, ``deadline:400ms``).
+        satisfied: whether the policy's success condition held.
+        stopped: why the fan-out ended: ``all_finished``, ``quorum_reached``,
+            ``quorum_unreachable``, ``deadline`` or ``first_failure``.
+        workers: worker name -> report, in declaration order.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    policy: str
+    satisfied: bool
+    stopped: str
+    workers: dict[str, WorkerReport]
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        """Outputs of the workers that succeeded."""
+        return {k: r.output for k, r in self.workers.items() if r.status == "success"}
+
+    @property
+    def flagged(self) -> dict[str, WorkerReport]:
+        """Reports of the workers that did not succeed."""
+        return {k: r for k, r in self.workers.items() if r.status != "success"}
+
+
+# -- worker side -------------------------------------------------------------------------
+
+
+class WorkerContext:
+    """What one worker attempt may know and do. Safe to use from the worker's thread.
+
+    Attributes:
+        worker: the worker's name (its key in the fan-out).
+        attempt: 1 for the first attempt, 2 for the first retry, …
+        run_id: the run.
+        step: the step running the fan-out.
+        cancelled: set when the attempt is abandoned (timeout, quorum,
+            deadline); long workers should poll it or ``cancelled.wait(s)``.
+    """
+
+    def __init__(self, step_ctx: StepContext, worker: str, attempt: int, task_lock: threading.Lock) -> None:
+        self._step_ctx = step_ctx
+        self._task_lock = task_lock
+        self.worker = worker
+        self.attempt = attempt
+        self.run_id = step_ctx.run_id
+        self.step = step_ctx.step
+        self.cancelled = threading.Event()
+        self.usage = Usage()
+
+    @property
+    def task(self) -> Any:
+        """The run's original input (intent propagation), loaded once per step."""
+        with self._task_lock:
+            return self._step_ctx.task
+
+    def now(self) -> datetime:
+        """The engine's clock (UTC, aware)."""
+        return self._step_ctx.now()
+
+    def record_usage(self, usage: Usage) -> None:
+        """Add tokens/cost of this attempt; audited on the attempt's ``agent.called`` event."""
+        self.usage = self.usage + usage
+
+    def idempotency_key(self, name: str) -> str:
+        """A key for side effect ``name`` of this worker, stable across retries and resumes.
+
+        Same shape as ``StepContext.idempotency_key`` (64 hex), scoped to the worker.
+        """
+        return self._step_ctx.idempotency_key(f"{self.worker}\x00{name}")
+
+
+WorkerFn = Callable[[Any, WorkerContext], Any]
+
+
+@dataclass(frozen=True)
+class WorkerCall:
+    """One unit of parallel work: a callable, its input, and how it is audited.
+
+    Attributes:
+        key: unique name of the call in the aggregate (the worker name).
+        fn: ``(input, wctx) -> output``; output JSON-compatible or a pydantic model.
+            It must not mutate ``input`` (every attempt receives the same object).
+        input: passed to ``fn``; recorded (by hash) as the call's input, as it
+            was before the first attempt.
+        agent_name: audited ``agent_name``/actor (default ``key``).
+        agent_version: audited ``agent_version``.
+        output_model: if given, the output must validate against it (a
+            structured-output contract); otherwise the attempt fails.
+        payload: extra small audit detail for each attempt (strings/integers).
+    """
+
+    key: str
+    fn: WorkerFn
+    input: Any = None
+    agent_name: str | None = None
+    agent_version: str | None = None
+    output_model: type[BaseModel] | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+# -- the coordinator ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Attempt:
+    call: WorkerCall
+    attempt: int
+    wctx: WorkerContext
+    ready_at: float
+    # queued -> running -> done | abandoned; queued -> dropped. Guarded by the run's lock.
+    state: str = "queued"
+    started: float = 0.0
+    ended: float = 0.0
+    value: Any = None
+    error: BaseException | None = None
+    handled: bool = False
+    input_json: Any = None
+
+
+def run_parallel(
+    ctx: StepContext,
+    calls: Sequence[WorkerCall],
+    *,
+    max_concurrency: int = 4,
+    worker_timeout: timedelta | None = None,
+    retry: RetryPolicy | None = None,
+    completion: Completion | None = None,
+    label: str | None = None,
+) -> FanOutResult:
+    """Run ``calls`` concurrently and aggregate them; record every attempt in the audit log.
+
+    Blocks the calling (step) thread until the completion policy settles.
+    Records, through ``ctx.record_call``, one ``agent.called`` event per
+    attempt (in the order attempts end) and one ``fanout.completed`` event.
+
+    ``max_concurrency`` slot threads pull attempts from a queue, so a slot
+    that finishes starts the next attempt itself, without waiting for the
+    coordinator. A slot stuck in an abandoned attempt is replaced, so the
+    cap counts attempts that still matter (module docstring: the hazard).
+
+    Args:
+        ctx: the step's context.
+        calls: the work; keys must be unique.
+        max_concurrency: at most this many attempts run at once (>= 1).
+        worker_timeout: per-attempt timeout, measured from the attempt's
+            start; ``None`` means none.
+        retry: per-worker retry policy (default: no retries). Timeouts and
+            raised exceptions are retried; ``non_retryable`` names (and
+            ``TimeoutError`` for timeouts) are not.
+        completion: ``All()`` (default), ``Quorum(n)`` or ``Deadline(after)``.
+        label: ``agent_name`` of the ``fanout.completed`` event (default: the step).
+
+    Returns:
+        The aggregate; never raises for a worker's failure.
+
+    Raises:
+        ValueError: duplicate keys or ``max_concurrency`` < 1.
+    """
+    if max_concurrency < 1:
+        raise ValueError("max_concurrency must be >= 1")
+    keys = [c.key for c in calls]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate worker keys in {keys}")
+    retry = retry or RetryPolicy.none()
+    completion = completion or All()
+    timeout_s = None if worker_timeout is None else worker_timeout.total_seconds()
+    task_lock = threading.Lock()
+    lock = threading.Lock()
+    work: queue.SimpleQueue[_Attempt | None] = queue.SimpleQueue()
+    wake: queue.SimpleQueue[_Attempt] = queue.SimpleQueue()
+    clock = time.monotonic
+    start = clock()
+    overall = start + completion.after.total_seconds() if isinstance(completion, Deadline) else None
+
+    reports: dict[str, WorkerReport] = {}
+    latest: dict[str, _Attempt] = {}
+    backoff: list[_Attempt] = []  # retries waiting for their delay, not yet queued
+    slots = 0
+    stopped = "all_finished"
+
+    def slot() -> None:
+        while True:
+            att = work.get()
+            if att is None:
+                return
+            with lock:
+                if att.state != "queued":
+                    continue  # dropped: the policy settled before it started
+                att.state, att.started = "running", clock()
+            wake.put(att)
+            try:
+                att.value = att.call.fn(att.call.input, att.wctx)
+            except BaseException as exc:  # a worker's failure is data for the aggregate
+                att.error = exc
+            att.ended = clock()
+            with lock:
+                abandoned = att.state == "abandoned"
+                if not abandoned:
+                    att.state = "done"
+            if abandoned:
+                return  # a replacement slot has taken this one's place
+            wake.put(att)
+
+    def spawn_slot() -> None:
+        nonlocal slots
+        slots += 1
+        # Daemon: an abandoned worker must not keep the process alive (module docstring).
+        threading.Thread(target=slot, name=f"statecraft-{ctx.step}-slot", daemon=True).start()
+
+    inputs: dict[str, Any] = {}
+
+    def new_attempt(call: WorkerCall, attempt: int, ready_at: float) -> _Attempt:
+        att = _Attempt(call, attempt, WorkerContext(ctx, call.key, attempt, task_lock), ready_at)
+        # Audit what the worker was given, before it could change it.
+        if call.key not in inputs:
+            inputs[call.key] = _json_or_repr(call.input)
+        att.input_json = inputs[call.key]
+        latest[call.key] = att
+        return att
+
+    def record(att: _Attempt, outcome: str, *, output: Any = None, error: str | None = None,
+               code: str | None = None, latency_ms: int) -> None:
+        ctx.record_call(
+            RecordedCall(
+                event_type="agent.called",
+                name=att.call.agent_name or att.call.key,
+                version=att.call.agent_version,
+                outcome=outcome,
+                decision=att.call.key,
+                reason=error,
+                error_code=code,
+                latency_ms=latency_ms,
+                attempt=att.attempt,
+                usage=att.wctx.usage,
+                input=att.input_json,
+                output=output,
+                payload={"worker": att.call.key, "step": ctx.step, **att.call.payload},
+            )
+        )
+
+    def settle_failure(att: _Attempt, status: WorkerStatus, error: str, retryable: bool) -> None:
+        reports[att.call.key] = WorkerReport(status=status, error=error, attempts=att.attempt)
+        if retryable and att.attempt < retry.max_attempts:
+            delay = retry.delay(att.attempt).total_seconds()
+            backoff.append(new_attempt(att.call, att.attempt + 1, clock() + delay))
+
+    def finish(att: _Attempt) -> None:
+        att.handled = True
+        latency_ms = int((att.ended - att.started) * 1000)
+        if att.error is None:
+            try:
+                output = _normalise(att.value, att.call.output_model)
+            except (ValidationError, ValueError, TypeError) as bad:
+                error = f"output broke its contract: {_one_line(bad)}"
+                record(att, "failure", error=error, code="invalid_output", latency_ms=latency_ms)
+                settle_failure(att, "failure", error, retry.is_retryable(bad))
+                return
+            record(att, "success", output=output, latency_ms=latency_ms)
+            reports[att.call.key] = WorkerReport(status="success", output=output, attempts=att.attempt)
+            return
+        error = f"{type(att.error).__name__}: {_one_line(att.error)}"
+        record(att, "failure", error=error, code="worker_error", latency_ms=latency_ms)
+        settle_failure(att, "failure", error, retry.is_retryable(att.error))
+
+    def abandon(att: _Attempt, status: WorkerStatus, why: str, code: str, *, may_retry: bool) -> None:
+        att.handled = True
+        att.wctx.cancelled.set()
+        latency_ms = int((clock() - att.started) * 1000)
+        record(att, "timeout" if status == "timeout" else "cancelled", error=why, code=code, latency_ms=latency_ms)
+        retryable = may_retry and "TimeoutError" not in retry.non_retryable
+        settle_failure(att, status, why, retryable)
+
+    def undecided(key: str) -> bool:
+        att = latest.get(key)
+        return att is None or not att.handled
+
+    def settled() -> str | None:
+        n_ok = sum(1 for r in reports.values() if r.status == "success")
+        final_fail = [k for k in keys if k in reports and reports[k].status != "success" and not undecided(k)]
+        if isinstance(completion, Quorum):
+            if n_ok >= completion.n:
+                return "quorum_reached"
+            if len(keys) - len(final_fail) < completion.n:
+                return "quorum_unreachable"
+        if isinstance(completion, All) and completion.strict and final_fail:
+            return "first_failure"
+        if overall is not None and clock() >= overall:
+            return "deadline"
+        return None
+
+    for call in calls:
+        work.put(new_attempt(call, 1, start))
+    for _ in range(min(max_concurrency, len(calls))):
+        spawn_slot()
+
+    while True:
+        # Handle every attempt that ended, then ask the policy.
+        for att in list(latest.values()):
+            if att.state == "done" and not att.handled:
+                finish(att)
+        why = settled()
+        if why is not None:
+            stopped = why
+            break
+        now = clock()
+        for att in [a for a in backoff if a.ready_at <= now]:
+            backoff.remove(att)
+            work.put(att)
+        active = [a for a in latest.values() if a.state in ("queued", "running") and not a.handled]
+        if not active and not backoff:
+            break
+        expired = [
+            a for a in active
+            if a.state == "running" and timeout_s is not None and now >= a.started + timeout_s
+        ]
+        for att in expired:
+            with lock:
+                if att.state != "running":
+                    continue  # it finished just now; handled on the next pass
+                att.state = "abandoned"
+            abandon(att, "timeout", f"timed out after {_ms(worker_timeout)} ms", "timeout", may_retry=True)
+            slots -= 1  # the stuck slot exits when its worker returns …
+            spawn_slot()  # … and a fresh one takes its place now
+        if expired:
+            continue
+        wakes = [a.started + timeout_s for a in active if a.state == "running" and timeout_s is not None]
+        wakes += [a.ready_at for a in backoff]
+        if overall is not None:
+            wakes.append(overall)
+        wait_s = None if not wakes else max(0.0, min(wakes) - clock())
+        try:
+            wake.get(timeout=wait_s)
+        except queue.Empty:
+            pass
+
+    # The policy has settled: whatever still runs is abandoned, whatever waits never starts.
+    for att in list(latest.values()):
+        if att.handled:
+            continue
+        with lock:
+            state = att.state
+            if state == "queued":
+                att.state = "dropped"
+            elif state == "running":
+                att.state = "abandoned"
+        if state == "done":
+            finish(att)
+        elif state == "running":
+            if stopped == "deadline":
+                abandon(att, "timeout", "still running at the fan-out deadline", "deadline", may_retry=False)
+            else:
+                abandon(att, "cancelled", f"abandoned: {stopped.replace('_', ' ')}", stopped, may_retry=False)
+            slots -= 1  # that slot exits when its worker returns
+        elif att.call.key not in reports:
+            reports[att.call.key] = WorkerReport(
+                status="not_started", error=f"not started: {stopped.replace('_', ' ')}"
+            )
+    backoff.clear()
+    for _ in range(slots):
+        work.put(None)
+
+    n_ok = sum(1 for r in reports.values() if r.status == "success")
+    if isinstance(completion, Quorum):
+        satisfied = n_ok >= completion.n
+    elif isinstance(completion, All) and completion.strict:
+        satisfied = n_ok == len(keys)
+    else:
+        satisfied = n_ok >= completion.min_success
+    ordered = {k: reports.get(k, WorkerReport(status="not_started")) for k in keys}
+    wall_ms = int((clock() - start) * 1000)
+    result = FanOutResult(policy=completion.describe(), satisfied=satisfied, stopped=stopped, workers=ordered)
+    ctx.record_call(
+        RecordedCall(
+            event_type="fanout.completed",
+            name=label or ctx.step,
+            outcome="success" if satisfied else "failure",
+            decision=result.policy,
+            reason=None if satisfied else f"completion policy {result.policy} not satisfied ({n_ok} succeeded)",
+            error_code=None if satisfied else "fan_out_unsatisfied",
+            latency_ms=wall_ms,
+            payload={
+                "policy": result.policy,
+                "stopped": stopped,
+                "satisfied": satisfied,
+                "successes": n_ok,
+                "max_concurrency": max_concurrency,
+                "worker_timeout_ms": None if worker_timeout is None else _ms(worker_timeout),
+                "max_attempts": retry.max_attempts,
+                "workers": {k: {"status": r.status, "attempts": r.attempts} for k, r in ordered.items()},
+            },
+        )
+    )
+    return result
+
+
+def _normalise(value: Any, model: type[BaseModel] | None) -> Any:
+    if model is not None:
+        value = model.model_validate(value.model_dump() if isinstance(value, BaseModel) else value)
+    try:
+        return to_jsonable_python(value)
+    except Exception as exc:  # pydantic_core.PydanticSerializationError is not a ValueError
+        raise TypeError(f"output is not JSON-compatible: {exc}") from exc
+
+
+def _json_or_repr(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return to_jsonable_python(value)
+    except Exception:
+        return repr(value)
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _ms(delta: timedelta | None) -> int:
+    return 0 if delta is None else int(delta.total_seconds() * 1000)
+
+
+def config_digest(config: Any) -> str:
+    """Twelve hex characters identifying a pattern's configuration.
+
+    Used as the ``agent_version`` of pattern steps, so that the machine digest
+    changes whenever a pattern's workers, policy or bounds change. Callables
+    are identified by :func:`callable_name` (never by address), so the digest
+    is the same in every process.
+    """
+    body = json.dumps(_describe(config), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:12]
+
+
+def callable_name(fn: Any) -> str:
+    """A callable's stable name: its ``agent_name`` attribute, else ``module.qualname``.
+
+    Machines loaded by path get synthetic module names (``statecraft_machine_…``);
+    those are dropped so the name is the same whichever path loaded the file.
+    """
+    explicit = getattr(fn, "agent_name", None)
+    if isinstance(explicit, str):
+        return explicit
+    module = getattr(fn, "__module__", None) or ""
+    qual = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    if module.startswith("statecraft_machine_"):
+        module = ""
+    return f"{module}.{qual}" if module else qual
+
+
+def _describe(value: Any) -> Any:
+    if isinstance(value, type) and issubclass(value, BaseModel):
+        return value.__qualname__
+    if callable(value) and not isinstance(value, (All, Quorum, Deadline, RetryPolicy)):
+        version = getattr(value, "agent_version", None)
+        return f"{callable_name(value)}@{version}" if isinstance(version, str) else callable_name(value)
+    if isinstance(value, Mapping):
+        return {str(k): _describe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_describe(v) for v in value]
+    if isinstance(value, (frozenset, set)):
+        return sorted(str(v) for v in value)
+    if isinstance(value, timedelta):
+        return f"{_ms(value)}ms"
+    if isinstance(value, (All, Quorum, Deadline)):
+        return value.describe()
+    if isinstance(value, RetryPolicy):
+        return {
+            "max_attempts": value.max_attempts,
+            "initial_ms": _ms(value.initial_interval),
+            "backoff": str(value.backoff_coefficient),
+            "max_ms": _ms(value.max_interval),
+            "non_retryable": sorted(value.non_retryable),
+        }
+    if hasattr(value, "describe") and callable(value.describe):
+        return _describe(value.describe())
+    return value
