@@ -4,10 +4,28 @@ The public API, and nothing else. Everything here is importable as
 ``from statecraft import X``; ``tests/test_public_api.py`` pins the list.
 """
 
-from .agents.base import Agent, StepContext, Usage
+from typing import Any
+
+from .agents.base import Agent, RecordedCall, StepContext, Usage
+from .agents.errors import (
+    AgentError,
+    LLMAuthError,
+    LLMBadRequest,
+    LLMError,
+    LLMNotFound,
+    LLMOverloaded,
+    LLMPermissionDenied,
+    LLMProtocolError,
+    LLMRateLimited,
+    LLMSpendLimitReached,
+    LLMTimeout,
+    LLMUnavailable,
+)
+from .agents.pricing import ModelPrice
 from .engine import Engine, StepReport
 from .errors import (
     ApprovalMismatch,
+    ApprovalRefused,
     DefinitionError,
     IllegalTransition,
     LeaseHeld,
@@ -24,16 +42,22 @@ from .errors import (
 from .lifecycle import LEGAL_EDGES, RunStatus, Trigger
 from .loader import load_machine
 from .machine import Machine, Step
-from .outcomes import Fail, Finish, Goto, Outcome, RequestApproval
-from .policy import RetryPolicy
+from .outcomes import ApprovalPolicy, Fail, Finish, Goto, Outcome, RequestApproval
+from .policy import Budget, RetryPolicy
 from .store.db import Database
 from .views import AuditEvent, PendingApproval, RunInfo
+from .worker import Worker
 
 __all__ = [
     "LEGAL_EDGES",
     "Agent",
+    "AgentError",
     "ApprovalMismatch",
+    "ApprovalPolicy",
+    "ApprovalRefused",
     "AuditEvent",
+    "Budget",
+    "ClaudeAgent",
     "Database",
     "DefinitionError",
     "Engine",
@@ -41,15 +65,28 @@ __all__ = [
     "Finish",
     "Goto",
     "IllegalTransition",
+    "LLMAuthError",
+    "LLMBadRequest",
+    "LLMError",
+    "LLMNotFound",
+    "LLMOverloaded",
+    "LLMPermissionDenied",
+    "LLMProtocolError",
+    "LLMRateLimited",
+    "LLMSpendLimitReached",
+    "LLMTimeout",
+    "LLMUnavailable",
     "LeaseHeld",
     "LedgerError",
     "Machine",
     "MachineDefinitionError",
     "MachineLoadError",
     "MachineMismatch",
+    "ModelPrice",
     "NotAStatecraftDatabase",
     "Outcome",
     "PendingApproval",
+    "RecordedCall",
     "RequestApproval",
     "RetryPolicy",
     "RunError",
@@ -63,5 +100,16 @@ __all__ = [
     "StoreError",
     "Trigger",
     "Usage",
+    "Worker",
     "load_machine",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ClaudeAgent is imported lazily: importing the anthropic SDK takes seconds,
+    # and neither `import statecraft` nor the CLI should pay that unless used.
+    if name == "ClaudeAgent":
+        from .agents.claude import ClaudeAgent
+
+        return ClaudeAgent
+    raise AttributeError(f"module 'statecraft' has no attribute {name!r}")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -146,6 +148,8 @@ def _print_run(info: RunInfo, as_json: bool, *, full_state: bool = True) -> None
         table.add_row("waiting for", f"approval to continue at {p.resume_at!r}")
         table.add_row("proposal", p.reason or "")
         table.add_row("digest", p.proposal_digest)
+        if p.required > 1 or p.approved_by or p.approver_group is not None:
+            table.add_row("approvals", _approvals_text(p))
     if info.tokens_in or info.tokens_out or info.cost_micros:
         table.add_row("usage", f"{info.tokens_in} in / {info.tokens_out} out tokens, ${info.cost_micros / 1e6:.6f}")
     if full_state:
@@ -176,8 +180,16 @@ def _progress(report: StepReport) -> None:
     )
 
 
+def _approvals_text(p: Any) -> str:
+    so_far = ", ".join(p.approved_by) or "none yet"
+    group = f"; eligible: {', '.join(p.approver_group)}" if p.approver_group is not None else ""
+    return f"{len(p.approved_by)} of {p.required} ({so_far}){group}"
+
+
 def _next_hint(info: RunInfo) -> None:
     if info.status == RunStatus.WAITING_FOR_APPROVAL and info.pending is not None:
+        if info.pending.required > 1:
+            _err.print(f"approvals: {_approvals_text(info.pending)}", highlight=False)
         _err.print(
             f"run {info.run_id} waits for approval: {info.pending.reason}\n"
             f"  approve: statecraft approve {info.run_id} --by YOUR_ID "
@@ -281,19 +293,26 @@ def list_runs(status_: str | None, machine: str | None, limit: int, db: str, as_
 @click.option("--comment", help="Why you approve; recorded in the audit event.")
 @click.option("--digest", help="The proposal digest you reviewed (from `statecraft status`); refused if it changed.")
 @click.option("--no-continue", "no_continue", is_flag=True, help="Record the approval only; a worker continues the run.")
+@click.option("--extend", "extend", multiple=True, metavar="BUDGET=LIMIT",
+              help="Raise a budget (max_steps, max_visits, max_tokens, max_cost_micros; deadline in seconds). Repeatable.")
 @_db_options
 @_json_option
-def approve(run_id: str, by: str, comment: str | None, digest: str | None, no_continue: bool, db: str, as_json: bool) -> None:
+def approve(run_id: str, by: str, comment: str | None, digest: str | None, no_continue: bool, extend: tuple[str, ...], db: str, as_json: bool) -> None:
     """Approve the proposal RUN_ID waits on, then continue the run inline.
+
+    A gate with an approval policy (e.g. two of a finance group) records each
+    approval and keeps waiting until enough distinct, eligible people approved;
+    self-approval and approving twice are refused.
 
     \b
     Example:
       statecraft approve 3f2c… --by alice@example.com --digest 9ab1… --comment "liability cap acceptable"
+      statecraft approve 3f2c… --by alice@example.com --extend max_cost_micros=5000000
     """
     with _open(db) as engine:
         info = engine.approve(
             run_id, by=by, comment=comment, digest=digest, advance=not no_continue,
-            on_event=None if as_json else _progress,
+            extend=_parse_extend(extend) or None, on_event=None if as_json else _progress,
         )
         _print_outcome(info, as_json)
 
@@ -348,6 +367,81 @@ def retry(run_id: str, by: str, reason: str | None, db: str, as_json: bool) -> N
     with _open(db) as engine:
         info = engine.retry(run_id, by=by, reason=reason, on_event=None if as_json else _progress)
         _print_outcome(info, as_json)
+
+
+def _parse_extend(items: tuple[str, ...]) -> dict[str, int | timedelta]:
+    out: dict[str, int | timedelta] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            _fail(f"--extend takes BUDGET=INTEGER, not {item!r}", 2)
+        out[name.strip()] = timedelta(seconds=int(value)) if name.strip() == "deadline" else int(value)
+    return out
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--wait", "wait_s", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for a live lease held by another process to expire.")
+@_db_options
+@_json_option
+def resume(run_id: str, wait_s: float, db: str, as_json: bool) -> None:
+    """Continue RUN_ID, a RUNNING run whose process died, from its last checkpoint.
+
+    Committed steps are not run again; the step in flight when the process
+    died is (side effects keep their idempotency keys). A lease held by a
+    dead process on this host is taken over at once, any other after it
+    expires; the takeover is audited.
+
+    \b
+    Example:
+      statecraft resume 3f2c… --wait 60
+    """
+    with _open(db) as engine:
+        info = engine.resume(run_id, wait=timedelta(seconds=wait_s), on_event=None if as_json else _progress)
+        _print_outcome(info, as_json)
+
+
+@main.command()
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1, 256), help="Runs advanced at once (threads).")
+@click.option("--poll", "poll_s", default=1.0, show_default=True, type=click.FloatRange(0.01), help="Seconds between polls when idle.")
+@click.option("--grace", "grace_s", default=30.0, show_default=True, type=click.FloatRange(0), help="Seconds steps in progress may take after SIGTERM before they are abandoned.")
+@click.option("--lease", "lease_s", default=60.0, show_default=True, type=click.FloatRange(0.1), help="Lease duration in seconds (renewed every third of it).")
+@click.option("--until-idle", is_flag=True, help="Exit once nothing is runnable or in flight (for cron jobs and tests).")
+@click.option("--verbose", is_flag=True, help="Also log skipped runs (debug level).")
+@_db_options
+def worker(concurrency: int, poll_s: float, grace_s: float, lease_s: float, until_idle: bool, verbose: bool, db: str) -> None:
+    """Advance runnable runs until stopped; log one JSON object per line on stderr.
+
+    Picks up runs started with --detach, approved with --no-continue, or left
+    RUNNING by a dead process; enforces approval deadlines. SIGTERM/SIGINT
+    stop it gracefully (steps in progress finish, leases are released); a
+    second signal abandons the steps in progress.
+
+    \b
+    Example:
+      statecraft worker --concurrency 4 --db /var/lib/statecraft/prod.db
+    """
+    import logging
+
+    from .worker import Worker, configure_logging
+
+    if "://" not in db and not Path(db).exists():
+        _fail(f"no database at {db} (start a run first, or pass --db / STATECRAFT_DB)")
+    configure_logging(logging.DEBUG if verbose else logging.INFO)
+    with Engine(Database(db, create=False), lease=timedelta(seconds=lease_s)) as engine:
+        w = Worker(
+            engine, concurrency=concurrency, poll=timedelta(seconds=poll_s),
+            grace=timedelta(seconds=grace_s),
+        )
+        w.install_signal_handlers()
+        stats = w.run(until_idle=until_idle)
+    if stats.abandoned:
+        # Abandoned agents may still be running on pool threads that the
+        # interpreter would wait for at exit; their leases are released and
+        # their commits fenced, so leave now (as a crash would, minus the wait).
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _print_outcome(info: RunInfo, as_json: bool) -> None:

@@ -16,16 +16,20 @@ How a step executes (DESIGN.md):
 Operator actions (approve, reject, cancel, retry) are single transactions
 that read, check (``lifecycle.check_transition``) and write under the write
 lock; an illegal request raises ``IllegalTransition`` and writes nothing.
+
+The step loop itself (leases, attempts, retries, timeouts, budgets, error
+edges) lives in statecraft/runner.py; every transition goes through
+statecraft/transition.py. docs/reliability.md states the guarantees.
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
-import socket
-import time
+import random
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,35 +38,33 @@ from pydantic import BaseModel
 from sqlalchemy import Connection, text
 
 from ._time import format_utc, utc_now
-from .agents.base import RecordedCall, StepContext, Usage
-from .audit.chain import append_event, canonical_json
+from .audit.chain import canonical_json
 from .errors import (
     ApprovalMismatch,
+    ApprovalRefused,
     LeaseHeld,
     MachineLoadError,
     MachineMismatch,
     RunError,
     RunNotFound,
-    StatecraftError,
 )
 from .lifecycle import RunStatus, Trigger, check_transition
 from .loader import canonical_ref, load_machine
-from .machine import AppliedOutcome, IllegalOutcome, Machine
-from .outcomes import Fail, Finish, Goto, RequestApproval
+from .machine import Machine
+from .outcomes import ApprovalPolicy, Fail, Finish, Goto, RequestApproval
 from .store.blobs import blob_json, get_blob, put_blob, sha256_hex
 from .store.db import Database, Synchronous
 from .views import AuditEvent, PendingApproval, RunInfo
+from .leases import new_owner_id
+from .runner import StepRunner
+from .store.txn import Tx, read_tx, tx_of
+from .budget import extend as extend_budget
+from .transition import KEEP, RUN_COLUMNS, write_transition
 
 __all__ = ["Engine", "StepReport", "proposal_digest"]
 
-_RUN_COLUMNS = (
-    "run_id, machine_name, machine_version, machine_digest, machine_ref, status, step, "
-    "state_sha256, task_sha256, run_seq, steps_taken, created_at, updated_at, started_by, "
-    "parent_run_id, last_event_id, pending_resume_at, pending_request_event_id, "
-    "pending_proposal_digest, pending_reason, error_code, reason, tokens_in, tokens_out, "
-    "cost_micros, lease_owner, lease_expires_at"
-)
-_SELECT_RUN = text(f"SELECT {_RUN_COLUMNS} FROM run WHERE run_id = :run_id")
+_RUN_COLUMNS = ", ".join(RUN_COLUMNS)
+_SELECT_RUN_SQL = f"SELECT {_RUN_COLUMNS} FROM run WHERE run_id = :run_id"
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,20 @@ class StepReport:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class _Gate:
+    policy: ApprovalPolicy | None
+    requested_by: str | None
+    approved_by: tuple[str, ...]
+    rules: tuple[str, ...] = ()
+
+    @property
+    def required(self) -> int:
+        return 1 if self.policy is None else self.policy.required
+
+
 def _default_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return new_owner_id()
 
 
 class Engine:
@@ -107,7 +121,13 @@ class Engine:
         clock: returns the current aware UTC time; inject for deterministic tests.
         new_id: returns a fresh run id.
         owner: this engine's lease owner id (default ``host:pid:random``).
-        lease: how long a lease lasts without renewal.
+        lease: how long a lease lasts without renewal (renewed every third of it
+            while the engine works on the run).
+        rng: randomness for retry jitter; inject a seeded one for deterministic tests.
+        trust_local_pids: treat a lease whose owner is a dead process on this
+            host as expired (statecraft/leases.py states the assumption).
+        crash_loop_limit: lease takeovers of one step without progress after
+            which the run fails with ``crash_loop``.
 
     Raises:
         NotAStatecraftDatabase, StoreError: the database cannot be used.
@@ -123,6 +143,9 @@ class Engine:
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         owner: str | None = None,
         lease: timedelta = timedelta(seconds=60),
+        rng: random.Random | None = None,
+        trust_local_pids: bool = True,
+        crash_loop_limit: int = 10,
     ) -> None:
         self.db = db if isinstance(db, Database) else Database(db, synchronous=synchronous)
         self._clock = clock
@@ -132,12 +155,25 @@ class Engine:
         self._machines: dict[str, Machine[Any]] = {}
         for m in machines:
             self.register(m)
+        self._runner = StepRunner(
+            self, rng=rng, trust_local_pids=trust_local_pids, crash_loop_limit=crash_loop_limit
+        )
 
     # -- lifecycle of the engine ------------------------------------------------
 
     def close(self) -> None:
-        """Close the database; later calls raise ``StoreError``."""
+        """Stop renewing leases and close the database; later calls raise ``StoreError``."""
+        self._runner.close()
         self.db.close()
+
+    def stop(self) -> None:
+        """Ask every ``advance`` of this engine to stop after its current step.
+
+        Thread-safe; used by the worker on SIGTERM/SIGINT. The step in
+        progress finishes and commits (or is abandoned at its timeout), then
+        the lease is released and ``advance`` returns. Permanent for this engine.
+        """
+        self._runner.stopping.set()
 
     def __enter__(self) -> Engine:
         return self
@@ -305,6 +341,7 @@ class Engine:
         by: str,
         comment: str | None = None,
         digest: str | None = None,
+        extend: Mapping[str, int | timedelta] | None = None,
         advance: bool = True,
         on_event: Callable[[StepReport], None] | None = None,
     ) -> RunInfo:
@@ -314,19 +351,41 @@ class Engine:
         ``approval.requested`` event (``caused_by_event_id``) and records the
         digest approved (NIST SP 800-53 AU-10, non-repudiation).
 
+        A gate with an :class:`~statecraft.outcomes.ApprovalPolicy` needs
+        ``policy.required`` distinct eligible approvers (four-eyes). Each
+        approval before the last is its own ``approval.granted`` event whose
+        status stays WAITING_FOR_APPROVAL (outcome ``pending``; like a
+        sub-call, not a lifecycle transition); the approval that reaches the
+        quorum moves the run to RUNNING at the gate's ``resume_at``. The
+        approvals counted are those answering the pending request, so a gate
+        asked again (after a retry) starts from zero. Commits one transaction.
+
         Args:
             run_id: the waiting run.
             by: the approver's stable id.
             comment: recorded as the decision's reason.
             digest: if given, must equal the pending proposal's digest.
-            advance: continue the run inline after approving.
+            extend: raised budget limits, ``{name: new limit}`` (``max_steps``,
+                ``max_visits``, ``max_tokens``, ``max_cost_micros``; ``deadline``
+                as a ``timedelta``); required for a gate that asks for a budget
+                extension, and recorded in the event's payload (``budget``).
+            advance: continue the run inline once the quorum is reached.
+
+        Returns:
+            The run afterwards: WAITING_FOR_APPROVAL while approvals are
+            missing (``pending.approved_by`` lists those so far).
 
         Raises:
             RunNotFound: no such run.
             IllegalTransition: the run is not WAITING_FOR_APPROVAL.
             ApprovalMismatch: ``digest`` is not the pending proposal's.
+            ApprovalRefused: the policy forbids ``by`` (self-approval, not in
+                the group, excluded, or already approved); nothing is written.
+            RunError: a budget gate approved without raising its budget, or a
+                raised limit that is unknown or not above what is used.
         """
         _require_actor(by, run_id)
+        self._runner.expire_due(run_id)  # past its deadline, the gate is decided already
         now = self._now()
         with self.db.write() as conn:
             run = self._load_row(conn, run_id)
@@ -334,39 +393,78 @@ class Engine:
             pending = str(run["pending_proposal_digest"])
             if digest is not None and digest != pending:
                 raise ApprovalMismatch(run_id, digest, pending)
+            gate = self._gate(conn, run)
+            if gate.policy is not None:
+                why = gate.policy.refusal(
+                    by,
+                    approved_by=gate.approved_by,
+                    started_by=run["started_by"],
+                    requested_by=gate.requested_by,
+                )
+                if why is not None:
+                    raise ApprovalRefused(run_id, by, why)
+            approved_by = [*gate.approved_by, by]
+            reached = len(approved_by) >= gate.required
+            payload: dict[str, Any] = {"proposal_digest": pending, "comment": comment}
+            if gate.policy is not None:
+                payload.update(
+                    approvals=len(approved_by),
+                    required=gate.required,
+                    approved_by=approved_by,
+                    quorum_reached=reached,
+                )
+            budget_json: Any = KEEP
+            kind = run["pending_kind"] or ""
+            asking = kind.split(":", 1)[1] if kind.startswith("budget:") else None
+            if reached and (extend or asking):
+                budget_json = extend_budget(run, extend or {}, asking=asking)
+                payload["budget"] = json.loads(budget_json)
             self._transition(
                 conn,
                 run,
                 event_type="approval.granted",
-                to_status=RunStatus.RUNNING,
-                to_step=run["pending_resume_at"],
+                to_status=RunStatus.RUNNING if reached else RunStatus.WAITING_FOR_APPROVAL,
+                to_step=run["pending_resume_at"] if reached else run["step"],
                 actor_type="human",
                 actor_id=by,
                 now=now,
                 extra={
                     "decision": "approve",
-                    "outcome": "success",
+                    "outcome": "success" if reached else "pending",
                     "reason": comment,
                     "caused_by_event_id": run["pending_request_event_id"],
                 },
-                payload={"proposal_digest": pending, "comment": comment},
-                clear_pending=True,
+                payload=payload,
+                clear_pending=reached,
+                budget_json=budget_json,
             )
+            if not reached:
+                return self._info(conn, run_id)
         return self.advance(run_id, on_event=on_event) if advance else self.get(run_id)
 
     def reject(self, run_id: str, *, by: str, reason: str) -> RunInfo:
         """Reject the pending proposal (``approval.denied``); the run goes FAILED.
 
+        One rejection suffices whatever the quorum (rejecting is the safe
+        direction); under an approval policy with a ``group`` only a member
+        may reject. Approvals already given to the gate are void.
+
         Raises:
             RunNotFound, IllegalTransition: unknown run, or not waiting.
             RunError: empty ``reason`` (every decision records one).
+            ApprovalRefused: ``by`` is not in the gate's approver group.
         """
         _require_actor(by, run_id)
         _require_reason(reason)
+        self._runner.expire_due(run_id)  # past its deadline, the gate is decided already
         now = self._now()
         with self.db.write() as conn:
             run = self._load_row(conn, run_id)
             check_transition(run["status"], Trigger.REJECT, run_id=run_id)
+            gate = self._gate(conn, run)
+            group = None if gate.policy is None else gate.policy.group
+            if group is not None and by not in group:
+                raise ApprovalRefused(run_id, by, f"{by} is not in the approver group {sorted(group)}")
             self._transition(
                 conn,
                 run,
@@ -387,6 +485,53 @@ class Engine:
                 clear_pending=True,
             )
             return self._info(conn, run_id)
+
+    def _gate(self, conn: Connection | Tx, run: Mapping[str, Any]) -> _Gate:
+        """The pending gate's policy, requester and approvals so far. Read-only.
+
+        The policy is read from the ``approval.requested`` event's output (the
+        outcome as judged, stored by hash and bound into the chain through
+        ``output_sha256``), so it cannot be changed without breaking verify;
+        approvals so far are that request's ``approval.granted`` events.
+
+        Raises:
+            ApprovalRefused: the request's output is unreadable (redacted),
+                so the policy is unknown: fail closed.
+        """
+        request_id = run["pending_request_event_id"]
+        if not request_id:
+            return _Gate(None, None, ())
+        tx = tx_of(conn)
+        request = tx.one(
+            "SELECT actor_id, output_sha256 FROM audit_event "
+            "WHERE run_id = :run_id AND event_id = :event_id",
+            {"run_id": run["run_id"], "event_id": request_id},
+        )
+        if request is None:
+            return _Gate(None, None, ())
+        policy, rules = None, ()
+        if request[1]:
+            body = get_blob(conn, request[1])
+            if body is None:
+                raise ApprovalRefused(
+                    run["run_id"], "*",
+                    "the gate's proposal was redacted, so its approval policy is unknown; "
+                    "reject or cancel the run",
+                )
+            proposal = json.loads(body)
+            described = proposal.get("policy")
+            policy = None if described is None else ApprovalPolicy.from_json(described)
+            rules = tuple(proposal.get("rules") or ())
+        approved_by = tuple(
+            row[0]
+            for row in tx.all(
+                "SELECT actor_id FROM audit_event WHERE run_id = :run_id "
+                "AND event_type = 'approval.granted' AND caused_by_event_id = :event_id "
+                "ORDER BY seq",
+                {"run_id": run["run_id"], "event_id": request_id},
+            )
+        )
+        return _Gate(policy, request[0], approved_by, rules)
 
     def cancel(self, run_id: str, *, by: str, reason: str) -> RunInfo:
         """Cancel a run that is IDLE, RUNNING or WAITING_FOR_APPROVAL; it goes FAILED.
@@ -458,8 +603,8 @@ class Engine:
         Raises:
             RunNotFound: no such run.
         """
-        with self.db.read() as conn:
-            return self._info(conn, run_id)
+        with read_tx(self.db) as tx:
+            return self._info(tx, run_id)
 
     def list(
         self,
@@ -484,7 +629,7 @@ class Engine:
             ).scalars()
             return [self._info(conn, rid) for rid in list(ids)]
 
-    def events(self, run_id: str | None = None) -> list[AuditEvent]:
+    def events(self, run_id: str | None = None) -> builtins.list[AuditEvent]:
         """Audit events in ``seq`` order, of one run or of the whole ledger. Read-only."""
         sql = "SELECT * FROM audit_event"
         params: dict[str, Any] = {}
@@ -546,13 +691,18 @@ class Engine:
     ) -> RunInfo:
         """Execute steps of a RUNNING run until a gate, a terminal status, or the lease is lost.
 
-        Takes the run's lease first (conditional UPDATE) and releases it when
-        it stops. A run that is not RUNNING is returned unchanged.
+        Takes the run's lease first (conditional UPDATE; an expired lease, or
+        one whose owner process on this host is gone, is taken over, audited
+        as ``lease.taken_over``), renews it while steps run, and releases it
+        when it stops. Each step's agent runs outside any transaction under
+        the step's timeout, retry policy and the run's budgets; each outcome
+        commits in one transaction (statecraft/runner.py). A run that is not
+        RUNNING is returned unchanged.
 
         Args:
             run_id: the run.
-            max_transitions: stop after this many committed steps (for workers
-                that interleave runs); ``None`` means until the run stops.
+            max_transitions: stop after this many committed transitions (for
+                workers that interleave runs); ``None`` means until the run stops.
             on_event: called after each committed transition.
 
         Returns:
@@ -563,265 +713,60 @@ class Engine:
             LeaseHeld: another engine holds a live lease on the run.
             MachineLoadError, MachineMismatch: the definition cannot be had.
         """
-        with self.db.read() as conn:
-            run = self._load_row(conn, run_id)
-        if run["status"] != RunStatus.RUNNING:
-            return self.get(run_id)
-        machine = self._machine(run)
-        if not self._acquire_lease(run_id):
-            return self.get(run_id)
-        try:
-            done = 0
-            while max_transitions is None or done < max_transitions:
-                with self.db.read() as conn:
-                    run = self._load_row(conn, run_id)
-                    state_body = get_blob(conn, run["state_sha256"])
-                if run["status"] != RunStatus.RUNNING or run["lease_owner"] != self.owner:
-                    break
-                report = self._execute_step(machine, run, state_body)
-                if report is None:
-                    break
-                done += 1
-                if on_event is not None:
-                    on_event(report)
-                if report.status != RunStatus.RUNNING:
-                    break
-        finally:
-            self._release_lease(run_id)
-        return self.get(run_id)
+        return self._runner.advance(run_id, max_transitions=max_transitions, on_event=on_event)
 
-    def _acquire_lease(self, run_id: str) -> bool:
-        now_dt = self._clock()
-        now = format_utc(now_dt)
-        expires = format_utc(now_dt + self.lease)
-        with self.db.write() as conn:
-            run = self._load_row(conn, run_id)
-            if run["status"] != RunStatus.RUNNING:
-                return False
-            holder, until = run["lease_owner"], run["lease_expires_at"]
-            if holder is not None and holder != self.owner and until is not None and until > now:
-                raise LeaseHeld(run_id, holder, until)
-            conn.execute(
-                text(
-                    "UPDATE run SET lease_owner = :me, lease_expires_at = :exp "
-                    "WHERE run_id = :run_id AND run_seq = :seq"
-                ),
-                {"me": self.owner, "exp": expires, "run_id": run_id, "seq": run["run_seq"]},
-            )
-            if holder is not None and holder != self.owner:
-                # Taking over a dead engine's run is itself a fact reviewers need.
-                self._transition(
-                    conn,
-                    {**run, "lease_owner": self.owner, "lease_expires_at": expires},
-                    event_type="lease.taken_over",
-                    to_status=RunStatus(run["status"]),
-                    to_step=run["step"],
-                    actor_type="system",
-                    actor_id=self.owner,
-                    now=now,
-                    extra={"reason": f"lease of {holder} expired at {until}"},
-                    keep_lease=True,
-                )
-        return True
-
-    def _release_lease(self, run_id: str) -> None:
-        with self.db.write() as conn:
-            conn.execute(
-                text(
-                    "UPDATE run SET lease_owner = NULL, lease_expires_at = NULL "
-                    "WHERE run_id = :run_id AND lease_owner = :me"
-                ),
-                {"run_id": run_id, "me": self.owner},
-            )
-
-    def _execute_step(
-        self, machine: Machine[Any], run: Mapping[str, Any], state_body: bytes | None
-    ) -> StepReport | None:
-        step_name = run["step"]
-        run_id = run["run_id"]
-        if run["steps_taken"] >= machine.max_steps:
-            return self._fail(
-                run,
-                "budget_exceeded",
-                f"max_steps budget of {machine.max_steps} steps exhausted before step {step_name!r}",
-            )
-        if state_body is None:
-            return self._fail(run, "checkpoint_missing", f"state blob {run['state_sha256']} is missing")
-        state = machine.state_model.model_validate(json.loads(state_body))
-        step = machine.steps[step_name]
-        view = machine.view(step_name, state)
-        ctx = StepContext(
-            run_id=run_id,
-            machine=machine.name,
-            machine_version=machine.version,
-            step=step_name,
-            attempt=1,
-            started_by=run["started_by"],
-            load_task=lambda: self.task(run_id),
-            clock=self._clock,
-            parent_run_id=run["parent_run_id"],
-            run_seq=run["run_seq"],
-        )
-        started = time.perf_counter()
-        try:
-            outcome: object = step.agent(view, ctx)
-        except StatecraftError:
-            raise
-        except Exception as exc:  # the agent's failure is the run's, never the engine's
-            outcome = Fail(f"{type(exc).__name__}: {exc}"[:500], error_code="agent_error")
-        latency_ms = int((time.perf_counter() - started) * 1000)
-        judged = machine.apply(step_name, state, outcome)
-        return self._commit_step(
-            machine, run, step, view, judged, ctx.usage, latency_ms, ctx.attempt, ctx.calls
-        )
-
-    def _fail(self, run: Mapping[str, Any], code: str, reason: str) -> StepReport | None:
-        now = self._now()
-        with self.db.write() as conn:
-            current = self._load_row(conn, run["run_id"])
-            if not self._still_ours(current, run):
-                return None
-            self._transition(
-                conn,
-                current,
-                event_type="run.failed",
-                to_status=RunStatus.FAILED,
-                to_step=current["step"],
-                actor_type="system",
-                actor_id="statecraft",
-                now=now,
-                extra={"outcome": "failure", "error_code": code, "reason": reason},
-                release_lease=True,
-            )
-        return StepReport(run["run_id"], "run.failed", run["step"], run["step"], RunStatus.FAILED, 0, reason)
-
-    def _still_ours(self, current: Mapping[str, Any], seen: Mapping[str, Any]) -> bool:
-        return (
-            current["run_seq"] == seen["run_seq"]
-            and current["lease_owner"] == self.owner
-            and current["status"] == RunStatus.RUNNING
-        )
-
-    def _commit_step(
+    def resume(
         self,
-        machine: Machine[Any],
-        run: Mapping[str, Any],
-        step: Any,
-        view: BaseModel,
-        judged: AppliedOutcome[Any] | IllegalOutcome,
-        usage: Usage,
-        latency_ms: int,
-        attempt: int,
-        calls: Sequence[RecordedCall] = (),
-    ) -> StepReport | None:
-        now = self._now()
-        from_step = run["step"]
-        agent_fields: dict[str, Any] = {
-            "agent_name": step.agent_name,
-            "agent_version": step.agent_version,
-            "prompt_version": usage.prompt_version or step.prompt_version,
-            "model_provider": usage.model_provider,
-            "model_id": usage.model_id,
-            "tokens_in": usage.tokens_in,
-            "tokens_out": usage.tokens_out,
-            "cost_micros": usage.cost_micros,
-            "latency_ms": latency_ms,
-            "attempt": attempt,
-        }
-        view_body = blob_json(view.model_dump(mode="json"))
-        with self.db.write() as conn:
-            current = self._load_row(conn, run["run_id"])
-            if not self._still_ours(current, run):
-                return None  # cancelled or taken over while the agent ran: commit nothing
-            agent_fields["input_sha256"] = put_blob(conn, view_body, created_at=now)
-            for call in calls:
-                current = self._record_call(conn, current, call, now)
-            usage_delta = (usage.tokens_in, usage.tokens_out, usage.cost_micros)
-            if isinstance(judged, IllegalOutcome):
-                event_type, to_status, to_step = "run.failed", RunStatus.FAILED, from_step
-                fields = {
-                    **agent_fields,
-                    "outcome": "failure",
-                    "decision": "illegal_outcome",
-                    "error_code": judged.error_code,
-                    "reason": judged.reason,
-                }
-                self._transition(
-                    conn, current, event_type=event_type, to_status=to_status, to_step=to_step,
-                    actor_type="system", actor_id="statecraft", now=now, extra=fields,
-                    release_lease=True, usage=usage_delta,
-                )
-                return StepReport(run["run_id"], event_type, from_step, to_step, to_status, latency_ms, judged.reason)
-            outcome = judged.outcome
-            state_body = blob_json(judged.state.model_dump(mode="json"))
-            output_sha = put_blob(
-                conn, blob_json(_outcome_json(outcome)), created_at=now
-            )
-            state_sha = put_blob(conn, state_body, created_at=now)
-            fields = {**agent_fields, "output_sha256": output_sha}
-            payload: Any = None
-            pending: dict[str, Any] | None = None
-            release = False
-            if isinstance(outcome, Goto):
-                event_type, to_status, to_step = "step.completed", RunStatus.RUNNING, outcome.step
-                fields.update(decision=f"goto:{outcome.step}", outcome="success", reason=outcome.reason)
-                trigger = Trigger.STEP
-            elif isinstance(outcome, Finish):
-                event_type, to_status, to_step = "run.completed", RunStatus.DONE, from_step
-                fields.update(decision="finish", outcome="success", reason=outcome.reason)
-                trigger, release = Trigger.FINISH, True
-            elif isinstance(outcome, RequestApproval):
-                event_type, to_status, to_step = "approval.requested", RunStatus.WAITING_FOR_APPROVAL, from_step
-                digest = proposal_digest(run["run_id"], state_sha, from_step, outcome.resume_at, outcome.reason)
-                fields.update(decision=f"request_approval:{outcome.resume_at}", outcome="pending", reason=outcome.reason)
-                payload = {"resume_at": outcome.resume_at, "proposal_digest": digest, "summary": outcome.summary}
-                pending = {"resume_at": outcome.resume_at, "digest": digest, "reason": outcome.reason}
-                trigger, release = Trigger.REQUEST_APPROVAL, True
-            else:
-                assert isinstance(outcome, Fail)
-                event_type, to_status, to_step = "run.failed", RunStatus.FAILED, from_step
-                fields.update(decision="fail", outcome="failure", reason=outcome.reason, error_code=outcome.error_code)
-                trigger, release = Trigger.FAIL, True
-            check_transition(current["status"], trigger, run_id=run["run_id"])
-            self._transition(
-                conn, current, event_type=event_type, to_status=to_status, to_step=to_step,
-                actor_type="agent", actor_id=step.agent_name, now=now, extra=fields,
-                payload=payload, state_sha256=state_sha, pending=pending,
-                release_lease=release, count_step=True, usage=usage_delta,
-            )
-        return StepReport(run["run_id"], event_type, from_step, to_step, to_status, latency_ms, fields.get("reason"))
+        run_id: str,
+        *,
+        wait: timedelta | None = None,
+        on_event: Callable[[StepReport], None] | None = None,
+    ) -> RunInfo:
+        """Continue a RUNNING run whose engine died, from its last checkpoint.
 
-    def _record_call(
-        self, conn: Connection, run: dict[str, Any], call: RecordedCall, now: str
-    ) -> dict[str, Any]:
-        """Append a sub-call's event; the run's status, step and state are unchanged."""
-        fields: dict[str, Any] = {
-            "agent_name": call.name,
-            "agent_version": call.version,
-            "decision": call.decision,
-            "outcome": call.outcome,
-            "reason": call.reason,
-            "error_code": call.error_code,
-            "latency_ms": call.latency_ms,
-            "attempt": call.attempt,
-            "model_provider": call.usage.model_provider,
-            "model_id": call.usage.model_id,
-            "prompt_version": call.usage.prompt_version,
-            "tokens_in": call.usage.tokens_in,
-            "tokens_out": call.usage.tokens_out,
-            "cost_micros": call.usage.cost_micros,
-        }
-        if call.input is not None:
-            fields["input_sha256"] = put_blob(conn, blob_json(_jsonable(call.input)), created_at=now)
-        if call.output is not None:
-            fields["output_sha256"] = put_blob(conn, blob_json(_jsonable(call.output)), created_at=now)
-        event = self._transition(
-            conn, run, event_type=call.event_type, to_status=RunStatus(run["status"]),
-            to_step=run["step"], actor_type="agent", actor_id=call.name, now=now,
-            extra=fields, payload=call.payload, keep_lease=True,
-            usage=(call.usage.tokens_in, call.usage.tokens_out, call.usage.cost_micros),
-        )
-        return self._load_row(conn, run["run_id"]) if event else run
+        Committed steps are never executed again; the step that was in flight
+        when the process died runs again (agents run at least once; side
+        effects through ``ctx.once`` keep their idempotency key). A retry
+        backoff recorded before the crash is honoured.
+
+        Args:
+            run_id: the run.
+            wait: how long to wait for a live lease held by another engine to
+                expire before giving up (default: do not wait).
+            on_event: called after each committed transition.
+
+        Returns:
+            The run as it stands when advancing stopped.
+
+        Raises:
+            RunNotFound: no such run.
+            IllegalTransition: the run is not RUNNING (``trigger`` ``resume``;
+                the message says what to do instead).
+            LeaseHeld: another engine still holds a live lease after ``wait``.
+        """
+        return self._runner.resume(run_id, wait=wait, on_event=on_event)
+
+    def runnable(self, limit: int = 100) -> builtins.list[str]:
+        """Ids of RUNNING runs that no live engine holds and whose retry backoff is over. Read-only.
+
+        What a worker picks up: runs started with ``advance=False``
+        (``start --detach``), approved with ``advance=False``
+        (``approve --no-continue``), or orphaned by a dead engine.
+        """
+        return self._runner.runnable(limit)
+
+    def expire_approvals(self) -> builtins.list[RunInfo]:
+        """Apply the on-timeout action of every gate past its approval deadline.
+
+        Each expiry is one transaction and one ``approval.expired`` event with
+        actor ``system``: the run goes FAILED (``error_code``
+        ``approval_expired``), or RUNNING at the gate's ``resume_at`` where
+        the step declared ``on_approval_timeout="approve"``.
+
+        Returns:
+            The runs changed, as they stand afterwards.
+        """
+        return [self.get(run_id) for run_id in self._runner.expire_due()]
 
     # -- the one place a run row changes ---------------------------------------------
 
@@ -845,135 +790,55 @@ class Engine:
             clear_error=True,
         )
 
-    def _transition(
-        self,
-        conn: Connection,
-        run: Mapping[str, Any],
-        *,
-        event_type: str,
-        to_status: RunStatus,
-        to_step: str | None,
-        actor_type: str,
-        actor_id: str,
-        now: str,
-        extra: Mapping[str, Any] | None = None,
-        payload: Any = None,
-        state_sha256: str | None = None,
-        pending: Mapping[str, Any] | None = None,
-        clear_pending: bool = False,
-        clear_error: bool = False,
-        release_lease: bool = False,
-        keep_lease: bool = False,
-        count_step: bool = False,
-        usage: tuple[int, int, int] = (0, 0, 0),
-    ) -> dict[str, Any]:
+    def _transition(self, conn: Connection | Tx, run: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Update the run row and append its audit event: one transition, one event.
 
+        Inside the caller's write transaction; see
+        :func:`statecraft.transition.write_transition` for the arguments.
         Every event of a run records the run's status, step and state hash
-        *after* it (``to_status``, ``to_step``, ``state_sha256``), so folding a
-        run's events reproduces its row (DESIGN.md invariant 2).
+        *after* it, so folding a run's events reproduces its row (DESIGN.md
+        invariant 2).
+
+        Returns:
+            The audit event as inserted.
+
+        Raises:
+            RunMoved: the run is not at the position ``run`` says.
         """
-        run_seq = run["run_seq"] + 1
-        state_sha = state_sha256 or run["state_sha256"]
-        fields: dict[str, Any] = {
-            "run_id": run["run_id"],
-            "run_seq": run_seq,
-            "parent_run_id": run["parent_run_id"],
-            "machine_name": run["machine_name"],
-            "machine_version": run["machine_version"],
-            "machine_digest": run["machine_digest"],
-            "event_type": event_type,
-            "from_status": run["status"] if run_seq > 1 else None,
-            "to_status": str(to_status),
-            "from_step": run["step"] if run_seq > 1 else None,
-            "to_step": to_step,
-            "occurred_at": now,
-            "recorded_at": now,
-            "actor_type": actor_type,
-            "actor_id": actor_id,
-            "state_sha256": state_sha,
-            **(extra or {}),
-        }
-        event = append_event(conn, ledger_id=self.db.ledger_id, fields=fields, payload=payload)
-        terminal_or_gate = to_status != RunStatus.RUNNING
-        values: dict[str, Any] = {
-            "run_id": run["run_id"],
-            "expected_seq": run["run_seq"],
-            "status": str(to_status),
-            "step": to_step,
-            "state_sha256": state_sha,
-            "run_seq": run_seq,
-            "steps_taken": run["steps_taken"] + (1 if count_step else 0),
-            "updated_at": now,
-            "last_event_id": event["event_id"],
-            "tokens_in": run["tokens_in"] + usage[0],
-            "tokens_out": run["tokens_out"] + usage[1],
-            "cost_micros": run["cost_micros"] + usage[2],
-            "lease_owner": None if (release_lease or terminal_or_gate) and not keep_lease else run["lease_owner"],
-            "lease_expires_at": None if (release_lease or terminal_or_gate) and not keep_lease else run["lease_expires_at"],
-        }
-        if pending is not None:
-            values.update(
-                pending_resume_at=pending["resume_at"],
-                pending_request_event_id=event["event_id"],
-                pending_proposal_digest=pending["digest"],
-                pending_reason=pending["reason"],
-            )
-        elif clear_pending:
-            values.update(
-                pending_resume_at=None, pending_request_event_id=None,
-                pending_proposal_digest=None, pending_reason=None,
-            )
-        else:
-            values.update(
-                pending_resume_at=run["pending_resume_at"],
-                pending_request_event_id=run["pending_request_event_id"],
-                pending_proposal_digest=run["pending_proposal_digest"],
-                pending_reason=run["pending_reason"],
-            )
-        if to_status == RunStatus.FAILED:
-            values.update(error_code=fields.get("error_code"), reason=fields.get("reason"))
-        elif clear_error or to_status == RunStatus.RUNNING and run["status"] != RunStatus.RUNNING:
-            values.update(error_code=None, reason=None)
-        else:
-            values.update(error_code=run["error_code"], reason=run["reason"])
-        result = conn.execute(_UPDATE_RUN, values)
-        if result.rowcount != 1:
-            # Under BEGIN IMMEDIATE nobody can move the run between our read and
-            # this write; reaching here means a bug, so refuse loudly.
-            raise RunError(f"run {run['run_id']} changed during its own transaction", run_id=run["run_id"])
-        conn.execute(
-            _INSERT_CHECKPOINT,
-            {
-                "run_id": run["run_id"],
-                "run_seq": run_seq,
-                "status": str(to_status),
-                "step": to_step,
-                "state_sha256": state_sha,
-                "created_at": now,
-            },
-        )
-        return event
+        return write_transition(tx_of(conn), self.db.ledger_id, run, **kwargs).event
 
     # -- row access ---------------------------------------------------------------
 
-    def _load_row(self, conn: Connection, run_id: str) -> dict[str, Any]:
-        row = conn.execute(_SELECT_RUN, {"run_id": run_id}).mappings().first()
+    def _load_row(self, conn: Connection | Tx, run_id: str) -> dict[str, Any]:
+        # On the DB-API connection under the caller's transaction (tx_of):
+        # SQLAlchemy's result machinery costs ~60 µs here, the driver ~5.
+        row = tx_of(conn).one(_SELECT_RUN_SQL, {"run_id": run_id})
         if row is None:
             raise RunNotFound(run_id)
-        return dict(row)
+        return dict(zip(RUN_COLUMNS, row))
 
-    def _info(self, conn: Connection, run_id: str) -> RunInfo:
+    def _info(self, conn: Connection | Tx, run_id: str) -> RunInfo:
         run = self._load_row(conn, run_id)
         body = get_blob(conn, run["state_sha256"])
         pending = None
         if run["status"] == RunStatus.WAITING_FOR_APPROVAL and run["pending_proposal_digest"]:
+            try:
+                gate = self._gate(conn, run)
+            except ApprovalRefused:  # redacted proposal: show the gate, policy unknown
+                gate = _Gate(None, None, ())
             pending = PendingApproval(
                 requested_event_id=run["pending_request_event_id"],
                 step=run["step"],
                 resume_at=run["pending_resume_at"],
                 reason=run["pending_reason"],
                 proposal_digest=run["pending_proposal_digest"],
+                required=gate.required,
+                approved_by=gate.approved_by,
+                approver_group=(
+                    None if gate.policy is None or gate.policy.group is None
+                    else tuple(sorted(gate.policy.group))
+                ),
+                rules=gate.rules,
             )
         return RunInfo(
             run_id=run["run_id"],
@@ -1000,23 +865,6 @@ class Engine:
             lease_owner=run["lease_owner"],
             lease_expires_at=run["lease_expires_at"],
         )
-
-
-_UPDATE_RUN = text(
-    "UPDATE run SET status = :status, step = :step, state_sha256 = :state_sha256, "
-    "run_seq = :run_seq, steps_taken = :steps_taken, updated_at = :updated_at, "
-    "last_event_id = :last_event_id, pending_resume_at = :pending_resume_at, "
-    "pending_request_event_id = :pending_request_event_id, "
-    "pending_proposal_digest = :pending_proposal_digest, pending_reason = :pending_reason, "
-    "error_code = :error_code, reason = :reason, tokens_in = :tokens_in, "
-    "tokens_out = :tokens_out, cost_micros = :cost_micros, lease_owner = :lease_owner, "
-    "lease_expires_at = :lease_expires_at "
-    "WHERE run_id = :run_id AND run_seq = :expected_seq"
-)
-_INSERT_CHECKPOINT = text(
-    "INSERT INTO checkpoint (run_id, run_seq, status, step, state_sha256, created_at) "
-    "VALUES (:run_id, :run_seq, :status, :step, :state_sha256, :created_at)"
-)
 
 
 def proposal_digest(
@@ -1047,6 +895,12 @@ def _outcome_json(outcome: Goto | Finish | RequestApproval | Fail) -> dict[str, 
         data["step"] = outcome.step
     if isinstance(outcome, RequestApproval):
         data.update(resume_at=outcome.resume_at, summary=outcome.summary)
+        # Engine.approve reads the policy back from here: this blob is bound
+        # into the chain by the approval.requested event's output_sha256.
+        if outcome.policy is not None:
+            data["policy"] = outcome.policy.describe()
+        if outcome.rules:
+            data["rules"] = list(outcome.rules)
     if isinstance(outcome, Fail):
         data["error_code"] = outcome.error_code
     data["reason"] = outcome.reason

@@ -16,6 +16,7 @@ differently (restore a backup, check the file, call a reviewer).
     │   ├── RunNotFound                 no run with that id
     │   ├── IllegalTransition           lifecycle or step-graph edge not declared
     │   ├── ApprovalMismatch            the pending proposal is not the one approved
+    │   ├── ApprovalRefused             this actor may not decide this gate (policy)
     │   ├── LeaseHeld                   another engine is advancing the run
     │   └── MachineMismatch             the loaded definition is not the run's
     ├── StoreError                      the database cannot be used
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 __all__ = [
     "ApprovalMismatch",
+    "ApprovalRefused",
     "DefinitionError",
     "IllegalTransition",
     "LeaseHeld",
@@ -144,6 +146,25 @@ class ApprovalMismatch(RunError):
             "review the current proposal (statecraft status) before approving",
             run_id=run_id,
         )
+
+
+class ApprovalRefused(RunError):
+    """The gate's approval policy does not let this actor approve (or reject) now.
+
+    Raised before anything is written: a refused approval leaves no event.
+    Causes: self-approval (the actor started the run or requested the gate),
+    an actor outside the approver group or explicitly excluded, or an actor
+    approving the same gate twice (quorum needs distinct people).
+
+    Attributes:
+        actor: the refused actor id.
+        why: the policy rule that refused it, one line.
+    """
+
+    def __init__(self, run_id: str, actor: str, why: str) -> None:
+        self.actor = actor
+        self.why = why
+        super().__init__(f"run {run_id}: approval refused: {why}", run_id=run_id)
 
 
 class LeaseHeld(RunError):

@@ -36,7 +36,8 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import rfc8785
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -44,7 +45,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from .agents.base import Agent
 from .errors import MachineDefinitionError
 from .outcomes import Fail, Finish, Goto, Outcome, RequestApproval
-from .policy import RetryPolicy
+from .policy import Budget, RetryPolicy, ms
+
+if TYPE_CHECKING:
+    from .patterns.escalation import EscalationRule
 
 __all__ = ["AppliedOutcome", "IllegalOutcome", "Machine", "Step"]
 
@@ -67,8 +71,25 @@ class Step:
         on_error: step to go to when the agent fails after its retries
             (an error edge, part of the declared graph); ``None`` fails the run.
         retry: retry policy for this step; ``None`` uses the machine's default.
-        timeout_s: per-attempt timeout in seconds; ``None`` means no timeout.
+        timeout: per-attempt timeout; an agent still running then is
+            abandoned and the attempt fails with outcome ``timeout``
+            (retried per the policy). ``None`` means no timeout.
         description: one line for docs and ``statecraft graph``.
+        escalate: "always escalate" rules (``statecraft.patterns.EscalationRule``)
+            judged on the state each ``Goto``/``RequestApproval`` proposes; a
+            fired rule turns the outcome into a gate (see ``Machine.apply``).
+            A step with rules may not be ``may_finish``.
+        escalate_on_error: when the agent fails after its retries, ask a
+            human (WAITING_FOR_APPROVAL; approval re-runs the step with fresh
+            attempts, rejection fails the run) instead of failing the run.
+            Exclusive with ``on_error``.
+        approval_deadline: how long a gate raised at this step may wait for a
+            decision; then the worker applies ``on_approval_timeout`` (audited
+            as ``approval.expired``, actor ``system``). ``None``: no deadline.
+        on_approval_timeout: ``"fail"`` (default) or ``"approve"``: approve by
+            default, which the machine must say explicitly, here. Gates that
+            ask for a budget extension, escalate an error, or carry an
+            ``ApprovalPolicy`` (they need named people) always fail.
     """
 
     name: str
@@ -79,13 +100,18 @@ class Step:
     may_finish: bool = False
     on_error: str | None = None
     retry: RetryPolicy | None = None
-    timeout_s: float | None = None
+    timeout: timedelta | None = None
     description: str = ""
+    escalate: Sequence[EscalationRule] = ()
+    escalate_on_error: bool = False
+    approval_deadline: timedelta | None = None
+    on_approval_timeout: str = "fail"
 
     def __post_init__(self) -> None:
         # Freeze sequences so a machine cannot be changed after validation.
         object.__setattr__(self, "next", tuple(self.next))
         object.__setattr__(self, "writes", tuple(self.writes))
+        object.__setattr__(self, "escalate", tuple(self.escalate))
         if self.reads is not None:
             object.__setattr__(self, "reads", tuple(self.reads))
 
@@ -161,7 +187,11 @@ class Machine(Generic[S]):
         initial: optional ``input -> state`` factory, for text inputs.
         retry: default retry policy for steps that declare none
             (default: no retries, ``RetryPolicy.none()``).
-        max_steps: hard bound on committed steps per run (DESIGN.md invariant 6).
+        max_steps: hard bound on committed steps per run (DESIGN.md invariant 6);
+            error edges count as steps, so error loops are bounded too.
+        budget: further per-run bounds (visits per step, tokens, cost, wall
+            time) and what crossing one does; ``None`` means none beyond
+            ``max_steps`` (which ``budget.on_exceeded`` also governs).
         description: one paragraph for docs.
 
     Raises:
@@ -179,6 +209,7 @@ class Machine(Generic[S]):
         initial: Callable[[Any], S] | None = None,
         retry: RetryPolicy | None = None,
         max_steps: int = 100,
+        budget: Budget | None = None,
         description: str = "",
     ) -> None:
         self.name = name
@@ -189,6 +220,7 @@ class Machine(Generic[S]):
         self.initial = initial
         self.retry = retry if retry is not None else RetryPolicy.none()
         self.max_steps = max_steps
+        self.budget = budget if budget is not None else Budget()
         self.description = description
         problems = self._validate(steps)
         if problems:
@@ -212,6 +244,10 @@ class Machine(Generic[S]):
             return problems
         if not isinstance(self.max_steps, int) or self.max_steps < 1:
             problems.append(f"max_steps must be a positive integer, got {self.max_steps!r}")
+        if not isinstance(self.retry, RetryPolicy):
+            problems.append(f"retry must be a RetryPolicy, got {self.retry!r}")
+        if not isinstance(self.budget, Budget):
+            problems.append(f"budget must be a Budget, got {self.budget!r}")
         if not steps:
             problems.append("a machine needs at least one step")
             return problems
@@ -245,8 +281,8 @@ class Machine(Generic[S]):
                     problems.append(
                         f"step {s.name!r} reads {f!r}, which {self.state_model.__name__} does not have"
                     )
-            if s.timeout_s is not None and not s.timeout_s > 0:
-                problems.append(f"step {s.name!r}: timeout_s must be positive")
+            problems.extend(_reliability_problems(s))
+            problems.extend(_escalation_problems(s))
         if self.start not in seen:
             problems.append(f"start step {self.start!r} does not exist")
         if problems:
@@ -302,8 +338,22 @@ class Machine(Generic[S]):
                 item["agent_version"] = s.agent_version
             if s.prompt_version is not None:
                 item["prompt_version"] = s.prompt_version
+            if s.escalate:
+                # Only when present, so machines without rules keep their digest.
+                item["escalate"] = [rule.describe() for rule in s.escalate]
+            # Reliability declarations, likewise only when set: they change how
+            # a run behaves, so they are part of the definition's identity.
+            if s.retry is not None:
+                item["retry"] = s.retry.describe()
+            if s.timeout is not None:
+                item["timeout_ms"] = ms(s.timeout)
+            if s.escalate_on_error:
+                item["escalate_on_error"] = True
+            if s.approval_deadline is not None:
+                item["approval_deadline_ms"] = ms(s.approval_deadline)
+                item["on_approval_timeout"] = s.on_approval_timeout
             steps.append(item)
-        return {
+        described: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
             "start": self.start,
@@ -311,6 +361,11 @@ class Machine(Generic[S]):
             "state_schema": _strip_floats(self.state_model.model_json_schema()),
             "steps": steps,
         }
+        if self.retry != RetryPolicy.none():
+            described["retry"] = self.retry.describe()
+        if self.budget != Budget():
+            described["budget"] = self.budget.describe()
+        return described
 
     def edges(self) -> list[tuple[str, str, str]]:
         """Every declared edge as ``(source, destination, kind)``.
@@ -429,6 +484,15 @@ class Machine(Generic[S]):
                 )
         else:
             new_state = state
+        if decl.escalate and isinstance(outcome, (Goto, RequestApproval)):
+            from .patterns.escalation import escalate
+
+            # The machine, not the agent, decides whether this move needs a
+            # human: a fired rule turns the legal move into a gate that
+            # resumes where the agent wanted to go (DESIGN.md invariant 1).
+            gate = escalate(decl.escalate, new_state, outcome)
+            if gate is not None:
+                return AppliedOutcome(gate, new_state, step)
         if isinstance(outcome, Goto):
             next_step: str | None = outcome.step
         elif isinstance(outcome, RequestApproval):
@@ -439,6 +503,60 @@ class Machine(Generic[S]):
 
     def __repr__(self) -> str:
         return f"<Machine {self.name} v{self.version} steps={list(self.steps)}>"
+
+
+def _reliability_problems(step: Step) -> list[str]:
+    """Problems with a step's retry, timeout, error-path and approval-deadline declarations."""
+    problems: list[str] = []
+    name = step.name
+    if step.retry is not None and not isinstance(step.retry, RetryPolicy):
+        problems.append(f"step {name!r}: retry must be a RetryPolicy, got {step.retry!r}")
+    if step.timeout is not None and (
+        not isinstance(step.timeout, timedelta) or step.timeout <= timedelta(0)
+    ):
+        problems.append(f"step {name!r}: timeout must be a positive timedelta")
+    if step.escalate_on_error and step.on_error is not None:
+        problems.append(
+            f"step {name!r}: on_error and escalate_on_error are exclusive "
+            "(an error either takes the edge or asks a human)"
+        )
+    if step.approval_deadline is not None and (
+        not isinstance(step.approval_deadline, timedelta) or step.approval_deadline <= timedelta(0)
+    ):
+        problems.append(f"step {name!r}: approval_deadline must be a positive timedelta")
+    if step.on_approval_timeout not in ("fail", "approve"):
+        problems.append(f"step {name!r}: on_approval_timeout must be 'fail' or 'approve'")
+    elif step.on_approval_timeout == "approve" and step.approval_deadline is None:
+        problems.append(f"step {name!r}: on_approval_timeout='approve' needs an approval_deadline")
+    return problems
+
+
+def _escalation_problems(step: Step) -> list[str]:
+    if not step.escalate:
+        return []
+    from .patterns.escalation import EscalationRule
+
+    problems: list[str] = []
+    if step.may_finish:
+        problems.append(
+            f"step {step.name!r} declares escalation rules but may finish: a finish cannot be "
+            "gated (approval resumes at a step); move the finish to a later step"
+        )
+    seen: set[str] = set()
+    for rule in step.escalate:
+        if not isinstance(rule, EscalationRule):
+            problems.append(f"step {step.name!r}: escalate entry {rule!r} is not an EscalationRule")
+            continue
+        if rule.name in seen:
+            problems.append(f"step {step.name!r}: duplicate escalation rule {rule.name!r}")
+        seen.add(rule.name)
+        if rule.approvers is not None and getattr(step, "on_approval_timeout", "fail") == "approve":
+            # A deadline that approves by itself would pass a four-eyes gate with no eyes.
+            problems.append(
+                f"step {step.name!r}: escalation rule {rule.name!r} names approvers, so its gate "
+                "cannot be approved by a timeout (on_approval_timeout='approve')"
+            )
+    return problems
 
 
 def _closure(start: Iterable[str], succ: Mapping[str, set[str]]) -> set[str]:

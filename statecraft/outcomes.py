@@ -20,11 +20,114 @@ state model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-__all__ = ["Fail", "Finish", "Goto", "Outcome", "RequestApproval"]
+__all__ = ["ApprovalPolicy", "Fail", "Finish", "Goto", "Outcome", "RequestApproval"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalPolicy:
+    """Who may pass a gate, and how many distinct people must (four-eyes).
+
+    A gate without a policy keeps the simple rule: one approval by any named
+    actor. With a policy, the run stays WAITING_FOR_APPROVAL until
+    ``required`` distinct, eligible actors have approved; each approval is its
+    own ``approval.granted`` event. One eligible rejection fails the gate
+    (rejecting is the safe direction, so one voice suffices).
+
+    Separation of duties (NIST SP 800-53 AC-5; the "four-eyes principle" of
+    payment controls): by default nobody approves their own request, i.e.
+    neither the actor who started the run nor the one who requested the gate.
+
+    Attributes:
+        required: distinct approvals needed, >= 1.
+        group: actor ids allowed to approve (and to reject); ``None`` means
+            any named actor. Must hold at least ``required`` ids.
+        allow_self_approval: let the run's starter / the gate's requester approve.
+        excluded: further actor ids that may not approve (e.g. an invoice's
+            submitter named in the state).
+
+    Raises:
+        ValueError: ``required`` < 1, or ``group`` smaller than ``required``.
+    """
+
+    required: int = 1
+    group: frozenset[str] | None = None
+    allow_self_approval: bool = False
+    excluded: frozenset[str] = frozenset()
+
+    def __init__(
+        self,
+        required: int = 1,
+        group: Iterable[str] | None = None,
+        allow_self_approval: bool = False,
+        excluded: Iterable[str] = (),
+    ) -> None:
+        if not isinstance(required, int) or isinstance(required, bool) or required < 1:
+            raise ValueError(f"ApprovalPolicy.required must be an integer >= 1, got {required!r}")
+        frozen_group = None if group is None else frozenset(group)
+        if frozen_group is not None and len(frozen_group) < required:
+            raise ValueError(
+                f"ApprovalPolicy needs {required} approvers but its group has only "
+                f"{len(frozen_group)}: {sorted(frozen_group)}"
+            )
+        object.__setattr__(self, "required", required)
+        object.__setattr__(self, "group", frozen_group)
+        object.__setattr__(self, "allow_self_approval", bool(allow_self_approval))
+        object.__setattr__(self, "excluded", frozenset(excluded))
+
+    def describe(self) -> dict[str, Any]:
+        """JSON form (sorted lists, no floats), as recorded in the gate's audited output."""
+        return {
+            "required": self.required,
+            "group": None if self.group is None else sorted(self.group),
+            "allow_self_approval": self.allow_self_approval,
+            "excluded": sorted(self.excluded),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ApprovalPolicy:
+        """Inverse of :meth:`describe`."""
+        return cls(
+            required=int(data.get("required", 1)),
+            group=data.get("group"),
+            allow_self_approval=bool(data.get("allow_self_approval", False)),
+            excluded=data.get("excluded") or (),
+        )
+
+    def refusal(
+        self,
+        by: str,
+        *,
+        approved_by: Sequence[str],
+        started_by: str | None,
+        requested_by: str | None,
+    ) -> str | None:
+        """Why ``by`` may not add an approval now, or ``None`` if they may. Pure.
+
+        Args:
+            by: the would-be approver's actor id.
+            approved_by: actor ids that already approved this gate, in order.
+            started_by: the actor that started the run.
+            requested_by: the actor that requested the gate.
+
+        Returns:
+            A one-line reason, or ``None``.
+        """
+        if by in approved_by:
+            return f"{by} has already approved this gate; {self.required} distinct approvers are needed"
+        if self.group is not None and by not in self.group:
+            return f"{by} is not in the approver group {sorted(self.group)}"
+        if by in self.excluded:
+            return f"{by} is excluded from approving this gate"
+        if not self.allow_self_approval:
+            if by == started_by:
+                return f"{by} started this run and may not approve it (no self-approval)"
+            if by == requested_by:
+                return f"{by} requested this gate and may not approve it (no self-approval)"
+        return None
 
 
 
@@ -65,12 +168,18 @@ class RequestApproval:
         update: state changes proposed together with the gate; they are part of
             the proposal the approver sees and are committed at the gate.
         summary: optional longer reviewer summary (Markdown allowed).
+        policy: who must approve, and how many (:class:`ApprovalPolicy`);
+            ``None`` means one approval by any named actor.
+        rules: names of the escalation rules that raised this gate (empty
+            when the agent asked by itself); set by ``Machine.apply``.
     """
 
     reason: str
     resume_at: str
     update: Mapping[str, Any] = field(default_factory=dict)
     summary: str | None = None
+    policy: ApprovalPolicy | None = None
+    rules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

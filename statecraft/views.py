@@ -25,6 +25,10 @@ class PendingApproval(BaseModel):
         reason: why approval is needed.
         proposal_digest: SHA-256 binding run, state and ``resume_at``;
             ``approve --digest`` must match it.
+        required: distinct approvals the gate needs (its ``ApprovalPolicy``; 1 without one).
+        approved_by: actor ids that approved so far, in order.
+        approver_group: who may approve; ``None`` means any named actor.
+        rules: escalation rules that raised the gate (empty if the agent asked).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -34,6 +38,10 @@ class PendingApproval(BaseModel):
     resume_at: str | None
     reason: str | None
     proposal_digest: str
+    required: int = 1
+    approved_by: tuple[str, ...] = ()
+    approver_group: tuple[str, ...] | None = None
+    rules: tuple[str, ...] = ()
 
 
 class RunInfo(BaseModel):

@@ -1,18 +1,90 @@
-"""The flat public namespace is deliberate: adding or removing a name is a decision."""
+"""The flat public namespace is deliberate: adding or removing a name is a decision.
+
+Model: httpx's ``tests/test_exported_members.py``.
+"""
 
 from __future__ import annotations
 
 import statecraft
 
-EXPECTED = sorted(statecraft.__all__)
+EXPECTED = [
+    "LEGAL_EDGES",
+    "Agent",
+    "AgentError",
+    "ApprovalMismatch",
+    "ApprovalPolicy",
+    "ApprovalRefused",
+    "AuditEvent",
+    "Budget",
+    "ClaudeAgent",
+    "Database",
+    "DefinitionError",
+    "Engine",
+    "Fail",
+    "Finish",
+    "Goto",
+    "IllegalTransition",
+    "LLMAuthError",
+    "LLMBadRequest",
+    "LLMError",
+    "LLMNotFound",
+    "LLMOverloaded",
+    "LLMPermissionDenied",
+    "LLMProtocolError",
+    "LLMRateLimited",
+    "LLMSpendLimitReached",
+    "LLMTimeout",
+    "LLMUnavailable",
+    "LeaseHeld",
+    "LedgerError",
+    "Machine",
+    "MachineDefinitionError",
+    "MachineLoadError",
+    "MachineMismatch",
+    "ModelPrice",
+    "NotAStatecraftDatabase",
+    "Outcome",
+    "PendingApproval",
+    "RecordedCall",
+    "RequestApproval",
+    "RetryPolicy",
+    "RunError",
+    "RunInfo",
+    "RunNotFound",
+    "RunStatus",
+    "StatecraftError",
+    "Step",
+    "StepContext",
+    "StepReport",
+    "StoreError",
+    "Trigger",
+    "Usage",
+    "Worker",
+    "load_machine",
+]
+
+
+def test_the_public_names_are_exactly_the_pinned_list() -> None:
+    assert statecraft.__all__ == EXPECTED
 
 
 def test_all_is_sorted_and_every_name_exists() -> None:
     assert statecraft.__all__ == sorted(statecraft.__all__, key=lambda n: (not n.isupper(), n))
     for name in statecraft.__all__:
-        assert hasattr(statecraft, name), name
+        assert getattr(statecraft, name) is not None, name
 
 
 def test_public_callables_have_docstrings() -> None:
-    missing = [n for n in statecraft.__all__ if callable(getattr(statecraft, n)) and not getattr(statecraft, n).__doc__]
+    missing = [
+        n for n in statecraft.__all__ if callable(getattr(statecraft, n)) and not getattr(statecraft, n).__doc__
+    ]
     assert missing == []
+
+
+def test_importing_statecraft_does_not_import_the_anthropic_sdk() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, statecraft; print('anthropic' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -127,6 +127,8 @@ class StepContext:
         attempt: 1 for the first attempt, 2 for the first retry, …
         started_by: the actor id that started the run.
         parent_run_id: the delegating run, for sub-runs; else ``None``.
+        visit: how many times this step had completed in this run before this
+            execution (0 the first time); part of the idempotency key.
     """
 
     def __init__(
@@ -143,6 +145,7 @@ class StepContext:
         once: Callable[[str, str, Callable[[str], Any]], Any] | None = None,
         parent_run_id: str | None = None,
         run_seq: int = 0,
+        visit: int = 0,
     ) -> None:
         self.run_id = run_id
         self.machine = machine
@@ -157,6 +160,7 @@ class StepContext:
         self._clock = clock
         self._once = once
         self._run_seq = run_seq
+        self.visit = visit
         self.usage = Usage()
         self.calls: list[RecordedCall] = []
 
@@ -195,18 +199,26 @@ class StepContext:
     def idempotency_key(self, name: str) -> str:
         """A key for side effect ``name``, stable across retries and resumes of this step.
 
-        Shape: 64 hex characters, SHA-256 of ``run_id``, the step's position in
-        the run (``run_seq`` of the checkpoint it starts from), the step name and
-        ``name``. Pass it to external services that deduplicate by key.
+        Shape: 64 hex characters, SHA-256 of ``run_id``, the step name, its
+        visit number (how many times the step had *completed* in this run
+        before: failed attempts, retries, crashes, error edges, escalations
+        and operator retries keep the number, a completed visit moves it on)
+        and ``name``. Pass it to external services that deduplicate by key
+        (docs/reliability.md, "Idempotent side effects").
         """
-        material = f"{self.run_id}\x00{self._run_seq}\x00{self.step}\x00{name}".encode()
+        material = f"{self.run_id}\x00{self.step}\x00{self.visit}\x00{name}".encode()
         return hashlib.sha256(material).hexdigest()
 
     def once(self, name: str, fn: Callable[[str], T]) -> T:
         """Run ``fn(key)`` at most once to completion for this step of this run.
 
-        The result (JSON-serialisable) is recorded durably; a later attempt or a
-        resumed run gets the recorded result instead of calling ``fn`` again.
+        The result (JSON-serialisable) is recorded durably (table
+        ``side_effect``, its own transaction, as soon as ``fn`` returns); a
+        later attempt or a resumed run gets the recorded result instead of
+        calling ``fn`` again. Every call returns the result as read back from
+        JSON (tuples become lists). If the process dies after ``fn`` returned
+        but before the result was committed, ``fn`` runs again with the *same*
+        key: the service must deduplicate by it (docs/reliability.md).
 
         Raises:
             RuntimeError: the engine running this step offers no durable store.

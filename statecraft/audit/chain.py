@@ -25,6 +25,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping
+from json.encoder import encode_basestring
 from typing import Any, Final
 
 import rfc8785
@@ -38,9 +39,12 @@ __all__ = [
     "HASHED_COLUMNS",
     "HASH_ALG",
     "LEDGER_SCHEMA_VERSION",
+    "HEAD_SQL",
+    "INSERT_SQL",
     "append_event",
     "canonical_json",
     "compute_entry_hash",
+    "new_event_row",
     "payload_digest",
 ]
 
@@ -55,10 +59,24 @@ HASHED_COLUMNS: Final[tuple[str, ...]] = tuple(
 )
 
 _MAX_SAFE_INT: Final = 2**53 - 1
+# json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
+# without building an encoder per call.
+_JSON_SORTED: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 _TABLE = AuditEventRow.__table__  # type: ignore[attr-defined]
 
 
 def _in_fast_domain(value: Any) -> bool:
+    if type(value) is dict:
+        # Hot path (every append hashes a flat envelope): exact types first,
+        # the general rule below for anything else; same verdicts either way.
+        for k, v in value.items():
+            if not isinstance(k, str) or not k.isascii():
+                return False
+            if v is None or type(v) is str or (type(v) is int and -_MAX_SAFE_INT <= v <= _MAX_SAFE_INT):
+                continue
+            if not _in_fast_domain(v):
+                return False
+        return True
     if value is None or isinstance(value, (str, bool)):
         return True
     if isinstance(value, int):
@@ -82,9 +100,7 @@ def canonical_json(value: Any) -> bytes:
             that is not valid Unicode.
     """
     if _in_fast_domain(value):
-        return json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode("utf-8")
+        return _JSON_SORTED(value).encode("utf-8")
     if _has_float(value):
         raise TypeError("floats are not allowed in hashed audit data; use integers")
     return rfc8785.dumps(value)
@@ -106,8 +122,39 @@ def compute_entry_hash(row: Mapping[str, Any]) -> str:
     Returns:
         64 lower-case hex characters.
     """
-    envelope = {c: row.get(c) for c in HASHED_COLUMNS}
-    return hashlib.sha256(DOMAIN + canonical_json(envelope)).hexdigest()
+    # Hot path (every append): for str / None / safe-int values, concatenate
+    # pre-encoded keys with values encoded by json's own C string encoder,
+    # byte for byte what canonical_json gives for the envelope dict
+    # (tests/audit/test_canonical.py); anything else takes the general path.
+    try:
+        body = "{" + ",".join([
+            prefix + (
+                "null" if value is None
+                else encode_basestring(value) if value.__class__ is str
+                else _plain_int(value)
+            )
+            for prefix, value in zip(_KEY_PREFIXES, map(row.get, _SORTED_HASHED))
+        ]) + "}"
+    except _NotPlain:
+        envelope = {c: row.get(c) for c in HASHED_COLUMNS}
+        return hashlib.sha256(DOMAIN + canonical_json(envelope)).hexdigest()
+    return hashlib.sha256(DOMAIN + body.encode("utf-8")).hexdigest()
+
+
+class _NotPlain(Exception):
+    """A value outside str / None / integers within ±(2**53 - 1)."""
+
+
+def _plain_int(value: Any) -> str:
+    if value.__class__ is int and -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:
+        return str(value)
+    raise _NotPlain
+
+
+# JCS orders keys by UTF-16 code units; the column names are ASCII, so plain
+# sorting gives the same order.
+_SORTED_HASHED: Final[tuple[str, ...]] = tuple(sorted(HASHED_COLUMNS))
+_KEY_PREFIXES: Final[tuple[str, ...]] = tuple(f'"{c}":' for c in _SORTED_HASHED)
 
 
 def payload_digest(payload: Any) -> tuple[str, str]:
@@ -145,9 +192,50 @@ def append_event(
         KeyError: a required field is missing.
         TypeError: a value is not allowed in hashed data.
     """
-    head = conn.execute(
-        text("SELECT seq, entry_hash FROM audit_event ORDER BY seq DESC LIMIT 1")
-    ).first()
+    head = conn.execute(text(HEAD_SQL)).first()
+    row = new_event_row(
+        None if head is None else (head[0], head[1]),
+        ledger_id=ledger_id,
+        fields=fields,
+        payload=payload,
+    )
+    conn.execute(insert(_TABLE), row)
+    return row
+
+
+HEAD_SQL: Final = "SELECT seq, entry_hash FROM audit_event ORDER BY seq DESC LIMIT 1"
+"""The ledger head ``(seq, entry_hash)``; read it under the write lock, then append."""
+
+INSERT_SQL: Final = (
+    f"INSERT INTO audit_event ({', '.join(ALL_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in ALL_COLUMNS)})"
+)
+"""Named-parameter INSERT of a full row from :func:`new_event_row` (driver-level hot path)."""
+
+
+def new_event_row(
+    head: tuple[int, str] | None,
+    *,
+    ledger_id: str,
+    fields: Mapping[str, Any],
+    payload: Any = None,
+) -> dict[str, Any]:
+    """Build and hash the row that follows ``head``; the caller inserts it in the same transaction.
+
+    The one place an audit row is made: :func:`append_event` and the
+    engine's driver-level commit path both use it, so they hash alike.
+
+    Args:
+        head: ``(seq, entry_hash)`` of the current head, ``None`` for an empty ledger.
+        ledger_id, fields, payload: as for :func:`append_event`.
+
+    Returns:
+        The full row (every column of ``audit_event``).
+
+    Raises:
+        KeyError: a required field is missing.
+        TypeError: a value is not allowed in hashed data.
+    """
     if head is None:
         seq, prev_hash = 1, GENESIS_PREV_HASH
     else:
@@ -171,5 +259,4 @@ def append_event(
     if payload is not None:
         row["payload_json"], row["payload_sha256"] = payload_digest(payload)
     row["entry_hash"] = compute_entry_hash(row)
-    conn.execute(insert(_TABLE), row)
     return row

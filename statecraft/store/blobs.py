@@ -15,6 +15,7 @@ import rfc8785
 from sqlalchemy import Connection, text
 
 from ..audit.chain import _in_fast_domain
+from .txn import Tx, tx_of
 
 __all__ = ["blob_json", "get_blob", "put_blob", "sha256_hex"]
 
@@ -31,8 +32,13 @@ def blob_json(value: Any) -> bytes:
     defines their form); the audit envelope only holds the resulting hash.
     """
     if _in_fast_domain(value):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return _ENCODE(value).encode()
     return rfc8785.dumps(value)
+
+
+# What json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# does, without building an encoder per call.
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
 _INSERT = text(
@@ -62,7 +68,7 @@ def put_blob(
     return digest
 
 
-def get_blob(conn: Connection, digest: str) -> bytes | None:
-    """The body stored under ``digest``; ``None`` if absent or redacted."""
-    row = conn.execute(text("SELECT body FROM blob WHERE sha256 = :d"), {"d": digest}).first()
+def get_blob(conn: Connection | Tx, digest: str) -> bytes | None:
+    """The body stored under ``digest``; ``None`` if absent or redacted. Read-only."""
+    row = tx_of(conn).one("SELECT body FROM blob WHERE sha256 = :d", {"d": digest})
     return None if row is None or row[0] is None else bytes(row[0])

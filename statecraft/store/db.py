@@ -43,6 +43,22 @@ _TRIGGERS = (
     """CREATE TRIGGER IF NOT EXISTS audit_event_no_update
        BEFORE UPDATE OF {hashed} ON audit_event
        BEGIN SELECT RAISE(ABORT, 'audit_event is append-only: UPDATE refused'); END""",
+    # INSERT OR REPLACE (and REPLACE INTO) would delete the row it collides
+    # with, and SQLite fires DELETE triggers for that only under PRAGMA
+    # recursive_triggers, which a stdlib sqlite3 prompt leaves off: refuse
+    # any insert that collides with a unique key instead (index probes only).
+    """CREATE TRIGGER IF NOT EXISTS audit_event_no_replace
+       BEFORE INSERT ON audit_event
+       BEGIN SELECT CASE
+           WHEN EXISTS (SELECT 1 FROM audit_event WHERE seq = NEW.seq)
+           THEN RAISE(ABORT, 'audit_event is append-only: a row with this seq exists (REPLACE refused)')
+           WHEN EXISTS (SELECT 1 FROM audit_event WHERE event_id = NEW.event_id)
+             OR EXISTS (SELECT 1 FROM audit_event WHERE prev_hash = NEW.prev_hash)
+             OR EXISTS (SELECT 1 FROM audit_event WHERE entry_hash = NEW.entry_hash)
+             OR EXISTS (SELECT 1 FROM audit_event
+                        WHERE run_id = NEW.run_id AND run_seq = NEW.run_seq)
+           THEN RAISE(ABORT, 'audit_event is append-only: event_id, prev_hash, entry_hash or run_seq taken (REPLACE refused)')
+       END; END""",
     # The one permitted change: clearing a payload that a payload.redacted event
     # authorises (lawful redaction keeps the chain intact via payload_sha256).
     """CREATE TRIGGER IF NOT EXISTS audit_event_payload_redaction_only
@@ -116,6 +132,11 @@ class Database:
                 # we can issue BEGIN IMMEDIATE (the pysqlite default defers BEGIN).
                 connect_args={"isolation_level": None, "check_same_thread": False},
                 poolclass=NullPool if path == ":memory:" else None,
+                # LIFO: a thread gets back the connection it just used, whose
+                # page cache is still valid; FIFO rotation would start most
+                # transactions on a cache another connection's commit had
+                # invalidated (several times slower per step, bench_transitions).
+                pool_use_lifo=path != ":memory:",
             )
             event.listen(self.engine, "connect", self._on_connect)
             event.listen(self.engine, "begin", self._on_begin)
@@ -142,9 +163,13 @@ class Database:
         # synchronous: FULL fsyncs the WAL at every commit, so an acknowledged
         # transition survives power loss (NORMAL only survives process crashes).
         cur.execute(f"PRAGMA synchronous = {self.synchronous}")
-        # foreign_keys: SQLite leaves them off by default; checkpoints must
-        # reference an existing run.
+        # foreign_keys: SQLite leaves them off by default; on, so that any
+        # foreign key the schema declares is enforced as on Postgres.
         cur.execute("PRAGMA foreign_keys = ON")
+        # recursive_triggers: rows that INSERT OR REPLACE deletes fire DELETE
+        # triggers only with this on, so the ledger's append-only trigger also
+        # stops a REPLACE from this connection (https://sqlite.org/lang_conflict.html).
+        cur.execute("PRAGMA recursive_triggers = ON")
         cur.close()
 
     def _on_begin(self, conn: Connection) -> None:
@@ -195,13 +220,13 @@ class Database:
                     for t in (
                         tables.MetaRow,
                         tables.RunRow,
-                        tables.CheckpointRow,
                         tables.BlobRow,
                         tables.SideEffectRow,
                         tables.AuditEventRow,
                     )
                 ],
             )
+            conn.exec_driver_sql(tables.CHECKPOINT_VIEW)
             if self.is_sqlite:
                 hashed = ", ".join(HASHED_COLUMNS + ("entry_hash",))
                 for ddl in _TRIGGERS:
@@ -264,6 +289,9 @@ class Database:
         """Release all connections; using the database afterwards raises ``StoreError``."""
         if not self._closed:
             self._closed = True
+            from .txn import close_writer  # txn builds on this module
+
+            close_writer(self)
             self.engine.dispose()
 
     def __enter__(self) -> Database:

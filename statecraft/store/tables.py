@@ -16,7 +16,7 @@ from sqlmodel import Field, SQLModel
 __all__ = [
     "AuditEventRow",
     "BlobRow",
-    "CheckpointRow",
+    "CHECKPOINT_VIEW",
     "MetaRow",
     "RunRow",
     "SideEffectRow",
@@ -77,19 +77,31 @@ class RunRow(SQLModel, table=True):
     cost_micros: int = 0
     lease_owner: Optional[str] = None
     lease_expires_at: Optional[str] = None
+    # Reliability bookkeeping (docs/reliability.md); none of it is folded
+    # from the ledger, every change to it is described by an audit event.
+    # server_default: rows inserted by code that lists its columns get 0 too.
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # failed attempts at this step
+    wake_at: Optional[str] = None  # next attempt not before (retry backoff)
+    visits_json: Optional[str] = None  # {step: successful completions}
+    budget_json: Optional[str] = None  # limits raised by approval (else the machine's)
+    takeovers: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # since the last step (crash loops)
+    pending_kind: Optional[str] = None  # "budget:<name>", "error" or NULL (agent / rule gate)
+    pending_deadline_at: Optional[str] = None  # approval deadline of the pending gate
+    pending_on_timeout: Optional[str] = None  # "fail" or "approve"
 
 
-class CheckpointRow(SQLModel, table=True):
-    """The committed state after one transition; a resumed run continues from the last."""
+CHECKPOINT_VIEW = """CREATE VIEW checkpoint AS
+    SELECT run_id, run_seq, to_status AS status, to_step AS step, state_sha256,
+           occurred_at AS created_at
+    FROM audit_event WHERE run_id IS NOT NULL"""
+"""The committed state after each transition of each run; a resumed run continues from the last.
 
-    __tablename__ = "checkpoint"
-
-    run_id: str = Field(primary_key=True, foreign_key="run.run_id")
-    run_seq: int = Field(primary_key=True)
-    status: str
-    step: Optional[str] = None
-    state_sha256: str
-    created_at: str
+A view over ``audit_event``, not a table: every run event already records
+the run's status, step and state hash *after* it, so a checkpoint is
+committed atomically with its event by construction, and a step writes one
+row (and its index pages) less. Rows: one per run event, keyed
+``(run_id, run_seq)`` like the ledger's ``UNIQUE(run_id, run_seq)``.
+"""
 
 
 class BlobRow(SQLModel, table=True):
