@@ -34,39 +34,27 @@ Try::
 # a synthetic module name, and pydantic must resolve the annotations eagerly.
 
 import hashlib
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from statecraft.agents.base import StepContext
+from statecraft.loader import load_sibling
 from statecraft.machine import Machine
 from statecraft.outcomes import ApprovalPolicy
-from statecraft.patterns import Criterion, DebateRecord, Stage, WorkerContext, debate, pipeline
-
-
-def _load_sibling(name: str) -> ModuleType:
-    # Machines are loaded by path, not as a package: load the helper from this
-    # file's folder, under the same key contract_review.py uses (one copy).
-    path = Path(__file__).resolve().with_name(f"{name}.py")
-    key = f"statecraft_machine_helper_{name}_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module  # before exec: pydantic and dataclasses look it up
-        spec.loader.exec_module(module)
-    return sys.modules[key]
-
+from statecraft.patterns import (
+    Criterion,
+    DebateRecord,
+    Stage,
+    WorkerContext,
+    debate,
+    pipeline,
+)
 
 if TYPE_CHECKING:
     import _contract_rules as rules
 else:
-    rules = _load_sibling("_contract_rules")
+    rules = load_sibling(__file__, "_contract_rules")
 
 VERSION = "1"
 COMPLIANCE_GROUP = ("user:counsel", "user:compliance")

@@ -34,38 +34,19 @@ R1a-R9), repeated in ``docs/contract_review.md``.
 # a synthetic module name, and pydantic must resolve the annotations eagerly.
 
 import hashlib
-import importlib.util
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from statecraft.loader import load_sibling
 from statecraft.machine import Machine, Step
 from statecraft.outcomes import Fail, Finish, Goto, Outcome, RequestApproval
-
-
-def _load_sibling(name: str) -> ModuleType:
-    # Machines are loaded by path, not as a package, so a relative import
-    # cannot work; load the helper from this file's folder, once per path.
-    path = Path(__file__).resolve().with_name(f"{name}.py")
-    key = f"statecraft_machine_helper_{name}_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module  # before exec: pydantic and dataclasses look it up
-        spec.loader.exec_module(module)
-    return sys.modules[key]
-
 
 if TYPE_CHECKING:
     import _contract_rules as rules
 else:
-    rules = _load_sibling("_contract_rules")
+    rules = load_sibling(__file__, "_contract_rules")
 CATEGORIES = rules.CATEGORIES
 Clause, Risk, Document = rules.Clause, rules.Risk, rules.Document
 AGENT_VERSION = "1"

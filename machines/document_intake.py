@@ -30,17 +30,14 @@ other. Try::
 # a synthetic module name, and pydantic must resolve the annotations eagerly.
 
 import hashlib
-import importlib.util
 import re
-import sys
 from datetime import datetime
-from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
 from statecraft.agents.base import StepContext
+from statecraft.loader import load_sibling
 from statecraft.machine import Machine
 from statecraft.patterns import (
     Accept,
@@ -55,26 +52,10 @@ from statecraft.patterns import (
     supervisor,
 )
 
-
-def _load_sibling(name: str) -> ModuleType:
-    # Machines are loaded by path, not as a package: load the helper from this
-    # file's folder, under the same key contract_review.py uses (one copy).
-    path = Path(__file__).resolve().with_name(f"{name}.py")
-    key = f"statecraft_machine_helper_{name}_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module  # before exec: pydantic and dataclasses look it up
-        spec.loader.exec_module(module)
-    return sys.modules[key]
-
-
 if TYPE_CHECKING:
     import _contract_rules as rules
 else:
-    rules = _load_sibling("_contract_rules")
+    rules = load_sibling(__file__, "_contract_rules")
 
 VERSION = "1"
 PREAMBLE_CHARS = 4000

@@ -11,11 +11,12 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from .errors import MachineLoadError, StatecraftError
 from .machine import Machine
 
-__all__ = ["canonical_ref", "load_machine"]
+__all__ = ["canonical_ref", "load_machine", "load_sibling"]
 
 
 def _split(ref: str) -> tuple[str, str | None]:
@@ -91,3 +92,31 @@ def load_machine(ref: str) -> Machine:  # type: ignore[type-arg]
     if not isinstance(found, Machine):
         raise MachineLoadError(ref, f"{attr!r} is a {type(found).__name__}, not a Machine")
     return found
+
+
+def load_sibling(anchor: str, name: str) -> ModuleType:
+    """Import module ``name`` from the folder of file ``anchor`` (pass ``__file__``).
+
+    Machine files are loaded by path, not as a package, so a relative import
+    cannot reach a helper module beside them; this loads it by path, once per
+    path (cached in ``sys.modules`` under a name derived from the path, so two
+    machines sharing a helper share one module and its classes).
+
+    Raises:
+        ImportError: no such file, or it cannot be loaded.
+    """
+    path = Path(anchor).resolve().with_name(f"{name}.py")
+    key = f"statecraft_machine_helper_{name}_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, path)
+        if spec is None or spec.loader is None or not path.is_file():
+            raise ImportError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        # Registered before exec: pydantic and dataclasses look the module up by name.
+        sys.modules[key] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(key, None)
+            raise
+    return sys.modules[key]
