@@ -9,6 +9,7 @@ messages to stderr; errors are one line with exit 1, usage errors exit 2.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -509,7 +510,7 @@ def audit_export(
         f"(seqs {summary.first_seq}..{summary.last_seq}) → {out}"
     )
     if as_json and target is not None:
-        click.echo(json.dumps({"out": out, **summary.__dict__}))
+        click.echo(json.dumps({"out": out, **dataclasses.asdict(summary)}))
     else:
         _err.print(message, highlight=False)
 
@@ -581,7 +582,7 @@ def audit_redact(event: str, by: str, reason: str, parts: tuple[str, ...], db: s
     with _open(db) as engine:
         done = redact_event(engine.db, event, by=by, reason=reason, parts=parts or DEFAULT_PARTS)
     if as_json:
-        click.echo(json.dumps(done.__dict__))
+        click.echo(json.dumps(dataclasses.asdict(done)))
         return
     removed = (["payload"] if done.payload_removed else []) + [
         f"{column.removesuffix('_sha256')} blob {digest[:12]}…" for column, digest in done.blobs_removed.items()

@@ -174,18 +174,27 @@ def test_a_rewrite_between_two_anchors_names_the_prefix_the_older_one_still_vouc
     assert f"rows 1..17 match anchor {first.source}" in (report.reason or "")
 
 
+def _cut(insider) -> None:
+    insider.execute("DELETE FROM audit_event WHERE seq >= 17")
+
+
+def _rewrite(insider) -> None:
+    insider.execute("UPDATE audit_event SET reason = 'nothing to see' WHERE seq = 17")
+    insider.rehash_from(17)
+
+
 @pytest.mark.parametrize(
     ("attack", "seq", "reason"),
     [
-        ("DELETE FROM audit_event WHERE seq >= 17", 17, "seq 17 missing: the ledger ends at seq 16, but the newest anchor"),
-        ("UPDATE audit_event SET entry_hash = '{h}' WHERE seq = 17", 17, "entry_hash differs from the newest anchor"),
+        (_cut, 17, "seq 17 missing: the ledger ends at seq 16, but the newest anchor"),
+        (_rewrite, 17, "entry_hash differs from the newest anchor this database remembers"),
     ],
 )
 def test_plain_verify_checks_the_anchor_the_database_remembers(ledger, insider, tmp_path, attack, seq, reason) -> None:
     # A careless insider forgets the memory; a careful one erases it (above).
     anchor_now(ledger, tmp_path)  # seq 17
     insider.drop_guards()
-    insider.execute(attack.format(h="f" * 64))
+    attack(insider)
 
     report = verify(ledger, check_runs=False)
 
