@@ -153,11 +153,23 @@ def _print_run(info: RunInfo, as_json: bool, *, full_state: bool = True) -> None
     if info.tokens_in or info.tokens_out or info.cost_micros:
         table.add_row("usage", f"{info.tokens_in} in / {info.tokens_out} out tokens, ${info.cost_micros / 1e6:.6f}")
     if full_state:
-        text = json.dumps(info.state, indent=2, ensure_ascii=False)
-        if len(text) > 4000:
-            text = text[:4000] + "\n… (truncated; use --json for all of it)"
-        table.add_row("state", text)
+        for key, value in info.state.items():
+            # One level of nesting is expanded: reports are usually a dict of scalars.
+            items = value.items() if isinstance(value, dict) and value else [("", value)]
+            for sub, item in items:
+                table.add_row(f"state.{key}.{sub}" if sub else f"state.{key}", _brief(item))
     _out.print(table)
+
+
+def _brief(value: Any, limit: int = 100) -> str:
+    """One line for a state value: scalars as JSON, collections by their size."""
+    if isinstance(value, list):
+        return f"[{len(value)} items]" if value else "[]"
+    if isinstance(value, dict):
+        keys = ", ".join(list(value)[:6])
+        return "{" + keys + (", …" if len(value) > 6 else "") + "}"
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _status_text(status: RunStatus) -> str:
