@@ -1,34 +1,40 @@
 """Benchmark: durable transition throughput, next to SQLite's own floor on the same disk.
 
-Four figures, each measured in the same process, on the same file system, with
+Five figures, each measured in the same process, on the same file system, with
 the same ``synchronous`` setting (WAL mode throughout):
 
 1. **raw floor**: the stdlib ``sqlite3`` driver, one transaction per step:
    ``BEGIN IMMEDIATE``; one UPDATE of a run row; one INSERT of an event row;
    ``COMMIT``. Nothing durable can be cheaper than this.
-2. **statecraft, one run at a time**: a 20-step machine of no-op agents,
-   advanced inline by one ``Engine``; per committed step: the run row, the
-   checkpoint and the hash-chained audit event in one transaction, exactly as
-   production does (leases, budgets, fencing included). Reported per step
-   (agent steps only) and per transition (every event, including create/start).
-3. **32 concurrent runs**: 32 threads sharing one ``Engine``, each advancing its
+2. **schema floor**: a step commit's own statements on statecraft's own
+   schema (fenced run UPDATE, ledger head SELECT, audit INSERT through its
+   triggers and indexes), every value computed in advance: what the schema
+   costs without any of the engine's Python.
+3. **statecraft, one run at a time**: a 20-step machine of no-op agents,
+   advanced inline by one ``Engine``; per committed step: the run row and the
+   hash-chained audit event (which is also the checkpoint: a view) in one
+   transaction, exactly as production does (leases, budgets, fencing
+   included). Reported per step (agent steps only) and per transition (every
+   event, including create/start).
+4. **32 concurrent runs**: 32 threads sharing one ``Engine``, each advancing its
    own 20-step run; total durable steps per second.
-4. **group commit (what it would give)**: the same step commits
+5. **group commit (what it would give)**: the same step commits
    (``statecraft.transition.write_transition``, unchanged) for 32 runs batched
    into one transaction, i.e. one fsync per 32 steps. statecraft does not do
    this today: each step is acknowledged only once durable on its own.
 
 Disk latency drifts a lot from one moment to the next on shared machines, so
-the floor and statecraft are measured in pairs: 20 raw transactions, then one
-20-step run, ``--pairs`` times; each pair gives a ratio, and the medians
-(and the ratio's quartiles) are reported. "Per step" times ``advance`` (the
-20 step commits, lease taken and released); "per transition" also counts
-creating and starting the run (22 transitions).
+the floors and statecraft are measured in rounds: 20 raw transactions, 20
+schema transactions, then one 20-step run, ``--pairs`` times; each round
+gives ratios, and the medians (and the raw ratio's quartiles) are reported.
+"Per step" times ``advance`` (the 20 step commits, lease taken and
+released); "per transition" also counts creating and starting the run (22
+transitions).
 
 Usage::
 
-    python bench/bench_transitions.py                      # FULL, 60 pairs
-    python bench/bench_transitions.py --synchronous NORMAL
+    python bench/bench_transitions.py                      # FULL, 60 rounds
+    python bench/bench_transitions.py --synchronous NORMAL --dir /dev/shm
     python bench/bench_transitions.py --pairs 200 --json
 
 Not a timed test: the figures depend on the machine. Target (issue #3): a
@@ -46,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -54,9 +61,10 @@ from pydantic import BaseModel
 
 from statecraft import Engine, Finish, Goto, Machine, Step
 from statecraft._time import format_utc, utc_now
+from statecraft.audit.chain import HEAD_SQL, INSERT_SQL
 from statecraft.lifecycle import RunStatus
-from statecraft.store.txn import write_tx
-from statecraft.transition import RUN_COLUMNS, write_transition
+from statecraft.store.txn import _positional, write_tx
+from statecraft.transition import _FENCED, RUN_COLUMNS, write_transition
 
 STEPS = 20
 
@@ -119,20 +127,77 @@ class RawFloor:
         return time.perf_counter() - started
 
 
-def paired(path: Path, synchronous: str, pairs: int) -> dict[str, list[float]]:
-    """Alternate a raw block of 20 transactions with one 20-step statecraft run, ``pairs`` times.
+class SchemaFloor:
+    """A step commit's own statements on statecraft's schema, every value computed in advance.
 
-    Disk latency drifts (other tenants, write-back); pairing blocks a few
+    Per transaction, as a step commits: ``BEGIN IMMEDIATE``; the fenced run
+    UPDATE (a real run row); the ledger head SELECT; the audit INSERT (a real
+    ``step.completed`` row, through the table's triggers and AUDIT.md's
+    indexes); ``COMMIT``. No Python decides, serialises or hashes anything in
+    the timed loop. Its distance to the raw floor is what the schema costs;
+    a statecraft step's distance to it is what the engine costs.
+    """
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        with Engine(_fresh(path), synchronous=synchronous) as engine:  # type: ignore[arg-type]
+            run_id = engine.start(MACHINE, {}).run_id  # its rows are the templates
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        for pragma in ("journal_mode = WAL", f"synchronous = {synchronous}", "foreign_keys = ON", "recursive_triggers = ON"):
+            self.conn.execute(f"PRAGMA {pragma}")  # as Database sets them
+        self.conn.execute("UPDATE run SET status = 'RUNNING', lease_owner = 'bench' WHERE run_id = ?", (run_id,))
+        found = self.conn.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM run WHERE run_id = ?", (run_id,)).fetchone()
+        self.row = dict(zip(RUN_COLUMNS, found))
+        cursor = self.conn.execute(
+            "SELECT * FROM audit_event WHERE run_id = ? AND event_type = 'step.completed' ORDER BY seq DESC LIMIT 1",
+            (run_id,),
+        )
+        self.event = dict(zip([d[0] for d in cursor.description], cursor.fetchone()))
+        self.update_sql, self.update_values = _positional(_FENCED)
+        self.insert_sql, self.insert_values = _positional(INSERT_SQL)
+        self.seq, self.prev_hash = self.conn.execute(HEAD_SQL).fetchone()
+
+    def block(self, n: int) -> float:
+        """Seconds for ``n`` transactions."""
+        updates, inserts = [], []
+        for _ in range(n):
+            expected = self.row["run_seq"]
+            entry_hash, event_id = os.urandom(32).hex(), str(uuid.uuid4())
+            self.row.update(run_seq=expected + 1, updated_at=format_utc(utc_now()), last_event_id=event_id)
+            self.seq += 1
+            updates.append(self.update_values({**self.row, "expected_seq": expected, "fence_owner": "bench", "release": False}))
+            inserts.append(self.insert_values({
+                **self.event, "seq": self.seq, "prev_hash": self.prev_hash, "entry_hash": entry_hash,
+                "event_id": event_id, "run_seq": expected + 1,
+            }))
+            self.prev_hash = entry_hash
+        conn = self.conn
+        started = time.perf_counter()
+        for update, insert in zip(updates, inserts):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(self.update_sql, update)
+            conn.execute(HEAD_SQL).fetchone()
+            conn.execute(self.insert_sql, insert)
+            conn.execute("COMMIT")
+        return time.perf_counter() - started
+
+
+def paired(path: Path, synchronous: str, pairs: int) -> dict[str, list[float]]:
+    """Alternate a raw block, a schema block (20 transactions each) and one 20-step statecraft run, ``pairs`` times.
+
+    Disk latency drifts (other tenants, write-back); measuring the three a few
     milliseconds apart makes each ratio compare like with like.
     """
     raw = RawFloor(path.with_name("raw.db"), synchronous)
-    out: dict[str, list[float]] = {"raw": [], "step": [], "run": [], "ratio": []}
+    schema = SchemaFloor(path.with_name("schema.db"), synchronous)
+    out: dict[str, list[float]] = {"raw": [], "schema": [], "step": [], "run": [], "ratio": [], "schema_ratio": []}
     with Engine(_fresh(path), synchronous=synchronous) as engine:  # type: ignore[arg-type]
         for _ in range(3):  # warm caches, the schema, the blob cache
             engine.start(MACHINE, {})
             raw.block(STEPS)
+            schema.block(STEPS)
         for _ in range(pairs):
             floor = raw.block(STEPS) / STEPS
+            schema_floor = schema.block(STEPS) / STEPS
             started = time.perf_counter()
             run = engine.start(MACHINE, {}, advance=False)
             created = time.perf_counter()
@@ -141,10 +206,13 @@ def paired(path: Path, synchronous: str, pairs: int) -> dict[str, list[float]]:
             assert done.status is RunStatus.DONE and done.steps_taken == STEPS
             step = (ended - created) / STEPS
             out["raw"].append(floor * 1e6)
+            out["schema"].append(schema_floor * 1e6)
+            out["schema_ratio"].append(schema_floor / floor)
             out["step"].append(step * 1e6)
             out["run"].append((ended - started) / (STEPS + 2) * 1e6)  # + run.created, run.started
             out["ratio"].append(step / floor)
     raw.conn.close()
+    schema.conn.close()
     return out
 
 
@@ -209,12 +277,15 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": args.pairs,
         "raw_floor_us_per_tx": round(med["raw"], 1),
         "raw_floor_tx_per_s": round(1e6 / med["raw"]),
+        "schema_floor_us_per_tx": round(med["schema"], 1),
+        "schema_floor_ratio_to_raw_median": round(med["schema_ratio"], 2),
         "statecraft_us_per_step": round(med["step"], 1),
         "statecraft_steps_per_s": round(1e6 / med["step"]),
         "statecraft_us_per_transition_incl_create_start": round(med["run"], 1),
         "overhead_us_per_step": round(med["step"] - med["raw"], 1),
         "ratio_to_floor_median": round(statistics.median(pairs["ratio"]), 2),
         "ratio_to_floor_quartiles": [round(q[0], 2), round(q[2], 2)],
+        "ratio_to_schema_floor_median": round(statistics.median(s / f for s, f in zip(pairs["step"], pairs["schema"])), 2),
         f"concurrent_{args.concurrency}_runs_steps_per_s": round(concurrent),
         f"group_commit_{args.concurrency}_us_per_step": round(grouped, 1),
         f"group_commit_{args.concurrency}_steps_per_s": round(1e6 / grouped),

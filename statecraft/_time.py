@@ -26,9 +26,10 @@ def format_utc(moment: datetime) -> str:
         if moment.tzinfo is None or moment.utcoffset() is None:
             raise ValueError(f"naive datetime {moment!r}: give a timezone-aware time")
         moment = moment.astimezone(UTC)
-    # %-formatting rather than strftime: a third of the cost on every
-    # transition, and four-digit years even before 1000 (strftime's %Y is not).
-    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (
+    # %-formatting rather than strftime (a third of the cost, on every
+    # transition; an f-string is twice as slow), and four-digit years even
+    # before 1000, which strftime's %Y does not give.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031
         moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second, moment.microsecond,
     )
 

@@ -7,8 +7,9 @@ How a step executes (DESIGN.md):
    (the run's original task, clock, idempotency keys);
 3. call the agent outside any database transaction;
 4. judge the outcome against the machine (declared edge, owned fields, schema);
-5. in ONE transaction: update the run row, store the checkpoint, append the
-   hash-chained audit event — the UPDATE is conditional on the lease and on
+5. in ONE transaction: update the run row and append the hash-chained audit
+   event, which is also the checkpoint (``checkpoint`` is a view over
+   ``audit_event``) — the UPDATE is conditional on the lease and on
    the run's position (``run_seq``), so a step whose run changed meanwhile
    (cancelled, taken over) commits nothing;
 6. repeat until a gate, a terminal status, or the lease is lost.

@@ -4,9 +4,10 @@
 
 1. take the lease (conditional UPDATE under the write lock; an expired
    lease, or one whose owner process is gone, is taken over and audited);
-2. read the checkpoint once, then keep the run row and state in memory:
-   every later write is fenced on ``run_seq`` and the lease owner, so the
-   cache cannot silently go stale (statecraft/transition.py);
+2. read the checkpoint (run row and state blob) once, in the lease's
+   transaction, then keep the row and state in memory: every later write is
+   fenced on ``run_seq`` and the lease owner, so the cache cannot silently
+   go stale (statecraft/transition.py), and a fence that fails stops the loop;
 3. before each agent call, check the budgets (statecraft/budget.py);
 4. call the agent (statecraft/execution.py) outside any transaction;
 5. commit what happened, one transaction per transition:
@@ -26,8 +27,10 @@
 
 6. repeat until a gate, a terminal status, a stop request, or the lease is lost.
 
-Commits use the stdlib driver under the SQLModel schema (statecraft/store/txn.py);
-that is what keeps a durable step close to SQLite's own cost.
+Commits use the stdlib driver under the SQLModel schema, on the process's one
+writer connection (statecraft/store/txn.py), and skip blobs known to be
+stored; bench/bench_transitions.py measures what a durable step costs next to
+SQLite's own floor.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from .machine import IllegalOutcome, Machine, Step
 from .outcomes import Fail, Finish, Goto, RequestApproval
 from .policy import ms
 from .store.blobs import blob_json, sha256_hex
-from .store.txn import Tx, read_one, tx_of, write_tx
+from .store.txn import Tx, read_one, read_tx, tx_of, write_tx
 from .transition import KEEP, RUN_COLUMNS, Committed, RunMoved, write_transition
 
 if TYPE_CHECKING:
@@ -312,7 +315,7 @@ class StepRunner:
             raise RunNotFound(run_id)
         peek = dict(zip(RUN_COLUMNS, found))
         if peek["status"] != RunStatus.RUNNING:
-            return self.engine.get(run_id)
+            return self._info(run_id)
         machine = self.engine._machine(peek)
         with self._active_lock:
             if run_id in self._active:
@@ -321,7 +324,7 @@ class StepRunner:
         try:
             acquired = self._take(run_id, machine)
             if acquired is None:
-                return self.engine.get(run_id)
+                return self._info(run_id)
             row, body, since = acquired
             lost = self.keeper.hold(run_id)
             try:
@@ -336,7 +339,12 @@ class StepRunner:
         finally:
             with self._active_lock:
                 self._active.discard(run_id)
-        return self.engine.get(run_id)
+        return self._info(run_id)
+
+    def _info(self, run_id: str) -> RunInfo:
+        """``Engine.get``, read on the writer connection, whose cache holds the pages just written."""
+        with read_tx(self.db, on_writer=True) as tx:
+            return self.engine._info(tx, run_id)
 
     def _open(
         self, machine: Machine[Any], row: dict[str, Any], body: bytes | None, since: str | None,
@@ -501,6 +509,7 @@ class StepRunner:
         row, me = live.row, self.engine.owner
         from_step = row["step"]
         outcome_json = self._engine_module._outcome_json
+        counted: list[Any] = []  # the visits written, so the next step need not parse them back
 
         def write(tx: Tx, blobs: list[str]) -> Committed:
             now = self._now()
@@ -533,6 +542,7 @@ class StepRunner:
                 done = dict(live.visit_counts())
                 done[from_step] = done.get(from_step, 0) + 1
                 visits = _VISITS_JSON(done)
+                counted[:] = [visits, done]
                 if isinstance(outcome, Goto):
                     event_type, to_status, to_step, trigger = "step.completed", RunStatus.RUNNING, outcome.step, Trigger.STEP
                     fields.update(decision=f"goto:{outcome.step}", outcome="success", reason=outcome.reason)
@@ -561,6 +571,8 @@ class StepRunner:
         committed = self._commit(write)
         if committed is not None and not isinstance(judged, IllegalOutcome):
             live.state = judged.state
+            if counted and committed.run["visits_json"] is counted[0]:
+                live.visits_json, live.visits = counted
         return committed
 
     def _failure(self, step: Step, machine: Machine[Any], result: Attempt, attempt: int) -> _Failure:

@@ -1,10 +1,12 @@
-"""The one place a run row changes: update the row, append its audit event, store the checkpoint.
+"""The one place a run row changes: update the row and append its audit event.
 
 Every transition is one call of :func:`write_transition` inside one write
 transaction, and writes exactly one audit event. Every event of a run
 records the run's status, step and state hash *after* it (``to_status``,
 ``to_step``, ``state_sha256``), so folding a run's events reproduces its row
-(DESIGN.md invariant 2; ``statecraft.audit.verify.fold_runs``).
+(DESIGN.md invariant 2; ``statecraft.audit.verify.fold_runs``), and the event
+is the run's checkpoint: ``checkpoint`` is a view over ``audit_event``
+(statecraft/store/tables.py), committed with the event by construction.
 
 The row UPDATE is conditional on the run's position (``run_seq``) and,
 for steps an engine executed under a lease, on the lease owner: a writer
@@ -122,7 +124,7 @@ def write_transition(
     visits_json: Any = KEEP,
     budget_json: Any = KEEP,
 ) -> Committed:
-    """Update the run row, append its audit event and store the checkpoint. Inside ``tx``.
+    """Update the run row and append its audit event (the checkpoint). Inside ``tx``.
 
     Args:
         tx: the open write transaction.
