@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring
 from typing import Any, Final
 
@@ -43,7 +43,9 @@ __all__ = [
     "INSERT_SQL",
     "append_event",
     "canonical_json",
+    "SORTED_HASHED_COLUMNS",
     "compute_entry_hash",
+    "entry_hash_of_sorted",
     "new_event_row",
     "payload_digest",
 ]
@@ -122,10 +124,22 @@ def compute_entry_hash(row: Mapping[str, Any]) -> str:
     Returns:
         64 lower-case hex characters.
     """
-    # Hot path (every append): for str / None / safe-int values, concatenate
-    # pre-encoded keys with values encoded by json's own C string encoder,
-    # byte for byte what canonical_json gives for the envelope dict
-    # (tests/audit/test_canonical.py); anything else takes the general path.
+    return entry_hash_of_sorted(list(map(row.get, SORTED_HASHED_COLUMNS)))
+
+
+def entry_hash_of_sorted(values: Sequence[Any]) -> str:
+    """``compute_entry_hash`` of a row given as the values of ``SORTED_HASHED_COLUMNS``, in order.
+
+    The hot path of every append and of verify: for str / None / safe-int
+    values, pre-encoded keys are concatenated with values encoded by json's
+    own C string encoder, byte for byte what ``canonical_json`` gives for the
+    envelope dict (tests/audit/test_canonical.py); anything else takes the
+    general ``canonical_json`` path.
+
+    Raises:
+        TypeError: a float or another value not allowed in hashed data.
+        ValueError: an integer beyond ±(2**53 - 1), or an invalid string.
+    """
     try:
         body = "{" + ",".join([
             prefix + (
@@ -133,10 +147,10 @@ def compute_entry_hash(row: Mapping[str, Any]) -> str:
                 else encode_basestring(value) if value.__class__ is str
                 else _plain_int(value)
             )
-            for prefix, value in zip(_KEY_PREFIXES, map(row.get, _SORTED_HASHED))
+            for prefix, value in zip(_KEY_PREFIXES, values)
         ]) + "}"
     except _NotPlain:
-        envelope = {c: row.get(c) for c in HASHED_COLUMNS}
+        envelope = dict(zip(SORTED_HASHED_COLUMNS, values))
         return hashlib.sha256(DOMAIN + canonical_json(envelope)).hexdigest()
     return hashlib.sha256(DOMAIN + body.encode("utf-8")).hexdigest()
 
@@ -153,8 +167,8 @@ def _plain_int(value: Any) -> str:
 
 # JCS orders keys by UTF-16 code units; the column names are ASCII, so plain
 # sorting gives the same order.
-_SORTED_HASHED: Final[tuple[str, ...]] = tuple(sorted(HASHED_COLUMNS))
-_KEY_PREFIXES: Final[tuple[str, ...]] = tuple(f'"{c}":' for c in _SORTED_HASHED)
+SORTED_HASHED_COLUMNS: Final[tuple[str, ...]] = tuple(sorted(HASHED_COLUMNS))
+_KEY_PREFIXES: Final[tuple[str, ...]] = tuple(f'"{c}":' for c in SORTED_HASHED_COLUMNS)
 
 
 def payload_digest(payload: Any) -> tuple[str, str]:

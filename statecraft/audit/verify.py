@@ -69,7 +69,6 @@ import hashlib
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
-from json.encoder import encode_basestring
 from typing import Any, Final, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
@@ -83,10 +82,10 @@ from .chain import (
     DOMAIN,
     GENESIS_PREV_HASH,
     HASH_ALG,
-    HASHED_COLUMNS,
     LEDGER_SCHEMA_VERSION,
+    SORTED_HASHED_COLUMNS,
     canonical_json,
-    compute_entry_hash,
+    entry_hash_of_sorted,
 )
 
 __all__ = ["RunFold", "VerifyReport", "fold_runs", "verify_ledger"]
@@ -99,8 +98,7 @@ _BATCH: Final = 2000
 
 # JCS orders an object's keys by UTF-16 code units; the column names are
 # ASCII, so plain sorting gives the same order.
-_SORTED_HASHED: Final[tuple[str, ...]] = tuple(sorted(HASHED_COLUMNS))
-_KEY_PREFIXES: Final[tuple[str, ...]] = tuple(f'"{c}":' for c in _SORTED_HASHED)
+_SORTED_HASHED: Final[tuple[str, ...]] = SORTED_HASHED_COLUMNS
 
 # Every scan returns these first, in this order (feed unpacks them), then
 # either the hashed values (Python hashing) or an "unsafe" flag and the
@@ -183,53 +181,9 @@ class _Failure(Exception):
 # -- entry hashes in Python ---------------------------------------------------------
 
 
-class _NotPlain(Exception):
-    """A value outside the fast path's domain (not str / None / safe int)."""
-
-
-def _encode_int(value: Any) -> str:
-    if value.__class__ is int and -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:
-        return str(value)
-    raise _NotPlain
-
-
 def _entry_hash_sorted(values: Sequence[Any]) -> str:
-    """``chain.compute_entry_hash`` of a row given as hashed-column values in sorted order.
-
-    For rows holding only ``str``, ``None`` and integers within ±(2**53 - 1)
-    (everything SQLite returns for an untampered row) the JCS envelope is
-    built by concatenating pre-encoded keys with values encoded exactly as
-    ``json.dumps(ensure_ascii=False)`` encodes them (the same C string
-    encoder; ``str(int)``), about twice as fast as building a dict and
-    serialising it. Anything else is delegated to ``compute_entry_hash``.
-
-    Args:
-        values: the values of ``sorted(HASHED_COLUMNS)``, in that order.
-
-    Returns:
-        64 lower-case hex characters.
-
-    Raises:
-        TypeError: a float or another value not allowed in hashed data.
-        ValueError: an integer beyond ±(2**53 - 1), or an invalid string
-            (``rfc8785.CanonicalizationError`` is a ``ValueError``).
-    """
-    try:
-        parts = [
-            prefix
-            + (
-                "null"
-                if value is None
-                else encode_basestring(value)
-                if value.__class__ is str
-                else _encode_int(value)
-            )
-            for prefix, value in zip(_KEY_PREFIXES, values)
-        ]
-    except _NotPlain:
-        return compute_entry_hash(dict(zip(_SORTED_HASHED, values)))
-    body = "{" + ",".join(parts) + "}"
-    return hashlib.sha256(DOMAIN + body.encode("utf-8")).hexdigest()
+    """The Python re-hash of a row (values of ``sorted(HASHED_COLUMNS)``); see ``chain.entry_hash_of_sorted``."""
+    return entry_hash_of_sorted(values)
 
 
 # -- entry hashes rendered by SQLite ------------------------------------------------
