@@ -556,6 +556,9 @@ class StepRunner:
                     pending = self._gate(live, step, state_sha, outcome.resume_at, outcome.reason, kind=None)
                     fields.update(decision=f"request_approval:{outcome.resume_at}", outcome="pending", reason=outcome.reason)
                     payload = {"resume_at": outcome.resume_at, "proposal_digest": pending["digest"], "summary": outcome.summary}
+                    if outcome.policy is not None:
+                        # In the payload too, so a reviewer's SQL sees who may approve.
+                        payload["policy"] = outcome.policy.describe()
                     if pending["deadline_at"]:
                         payload.update(deadline_at=pending["deadline_at"], on_timeout=pending["on_timeout"])
                     if effects:
