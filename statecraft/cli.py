@@ -89,7 +89,12 @@ def _json_option(fn: F) -> F:
 def _open(db: str, *, create: bool = False) -> Engine:
     if not create and "://" not in db and not Path(db).exists():
         _fail(f"no database at {db} (start a run first, or pass --db / STATECRAFT_DB)")
-    return Engine(Database(db, create=create))
+    # Durability is an operator's choice per deployment, so it comes from the
+    # environment rather than a flag every command would have to repeat.
+    synchronous = os.environ.get("STATECRAFT_SYNCHRONOUS", "FULL").upper()
+    if synchronous not in ("FULL", "NORMAL"):
+        _fail(f"STATECRAFT_SYNCHRONOUS must be FULL or NORMAL, not {synchronous!r}", 2)
+    return Engine(Database(db, create=create, synchronous=synchronous))  # type: ignore[arg-type]
 
 
 def _default_actor() -> str:

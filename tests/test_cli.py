@@ -133,3 +133,23 @@ def test_the_installed_console_script_runs_in_a_real_subprocess(tmp_path: Path) 
         capture_output=True, text=True, timeout=120,
     )
     assert verify.returncode == 0 and "OK up to seq" in verify.stdout
+
+
+def test_durability_comes_from_the_environment_and_bad_values_are_one_line(
+    cli: Cli, tmp_path: Path, monkeypatch: object
+) -> None:
+    from statecraft.store.db import Database
+
+    seen: list[str] = []
+    real_init = Database.__init__
+
+    def spy(self: Database, *args: object, **kwargs: object) -> None:
+        seen.append(str(kwargs.get("synchronous")))
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Database, "__init__", spy)  # type: ignore[attr-defined]
+    monkeypatch.setenv("STATECRAFT_SYNCHRONOUS", "normal")  # type: ignore[attr-defined]
+    assert _start(cli, tmp_path, "x")["status"] == "DONE"
+    assert seen == ["NORMAL"]
+    monkeypatch.setenv("STATECRAFT_SYNCHRONOUS", "sometimes")  # type: ignore[attr-defined]
+    assert "STATECRAFT_SYNCHRONOUS" in _one_line_error(cli("list"), 2)
