@@ -50,17 +50,9 @@ def load_machine(ref: str) -> Machine:  # type: ignore[type-arg]
             path = Path(target).expanduser().resolve()
             if not path.is_file():
                 raise MachineLoadError(ref, f"no such file {path}")
+            # A fresh import each time: a machine file may have changed on disk.
             name = "statecraft_machine_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
-            spec = importlib.util.spec_from_file_location(name, path)
-            if spec is None or spec.loader is None:
-                raise MachineLoadError(ref, f"{path} is not a Python file")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                sys.modules.pop(name, None)
-                raise
+            module = _exec_path(path, name)
         else:
             module = importlib.import_module(target)
     except MachineLoadError:
@@ -108,15 +100,23 @@ def load_sibling(anchor: str, name: str) -> ModuleType:
     path = Path(anchor).resolve().with_name(f"{name}.py")
     key = f"statecraft_machine_helper_{name}_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
     if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        if spec is None or spec.loader is None or not path.is_file():
-            raise ImportError(f"cannot load {path}")
-        module = importlib.util.module_from_spec(spec)
-        # Registered before exec: pydantic and dataclasses look the module up by name.
-        sys.modules[key] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            sys.modules.pop(key, None)
-            raise
+        if not path.is_file():
+            raise ImportError(f"cannot load {path}: no such file")
+        _exec_path(path, key)
     return sys.modules[key]
+
+
+def _exec_path(path: Path, name: str) -> ModuleType:
+    """Execute the Python file ``path`` as module ``name`` (registered in ``sys.modules``)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    # Registered before exec: pydantic and dataclasses look the module up by name.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
