@@ -18,7 +18,13 @@ differently (restore a backup, check the file, call a reviewer).
     │   ├── ApprovalMismatch            the pending proposal is not the one approved
     │   ├── ApprovalRefused             this actor may not decide this gate (policy)
     │   ├── LeaseHeld                   another engine is advancing the run
-    │   └── MachineMismatch             the loaded definition is not the run's
+    │   ├── MachineMismatch             the loaded definition is not the run's
+    │   ├── RunMoved                    the run moved while a step ran (transition.py)
+    │   └── AgentError                  an agent's call failed (agents/errors.py):
+    │       └── LLMError                  LLMUnavailable (LLMOverloaded, LLMTimeout),
+    │                                     LLMRateLimited, LLMProtocolError,
+    │                                     LLMSpendLimitReached, LLMAuthError,
+    │                                     LLMPermissionDenied, LLMNotFound, LLMBadRequest
     ├── StoreError                      the database cannot be used
     │   └── NotAStatecraftDatabase      the file is not (or not yet) a statecraft store
     └── LedgerError                     the audit ledger cannot be appended to / read
