@@ -466,26 +466,51 @@ class Engine:
             group = None if gate.policy is None else gate.policy.group
             if group is not None and by not in group:
                 raise ApprovalRefused(run_id, by, f"{by} is not in the approver group {sorted(group)}")
-            self._transition(
-                conn,
-                run,
-                event_type="approval.denied",
-                to_status=RunStatus.FAILED,
-                to_step=run["step"],
-                actor_type="human",
-                actor_id=by,
-                now=now,
-                extra={
-                    "decision": "reject",
-                    "outcome": "failure",
-                    "reason": reason,
-                    "error_code": "rejected",
-                    "caused_by_event_id": run["pending_request_event_id"],
-                },
+            self._failed_by(
+                conn, run, by, now, event_type="approval.denied", decision="reject",
+                outcome="failure", error_code="rejected", reason=reason,
+                caused_by_event_id=run["pending_request_event_id"],
                 payload={"proposal_digest": run["pending_proposal_digest"]},
-                clear_pending=True,
             )
             return self._info(conn, run_id)
+
+    def _failed_by(
+        self,
+        conn: Connection,
+        run: Mapping[str, Any],
+        by: str,
+        now: str,
+        *,
+        event_type: str,
+        decision: str,
+        outcome: str,
+        error_code: str,
+        reason: str,
+        caused_by_event_id: str | None = None,
+        payload: Any = None,
+        release_lease: bool = False,
+    ) -> None:
+        """A named human moves the run to FAILED at its current step; any pending gate is void."""
+        self._transition(
+            conn,
+            run,
+            event_type=event_type,
+            to_status=RunStatus.FAILED,
+            to_step=run["step"],
+            actor_type="human",
+            actor_id=by,
+            now=now,
+            extra={
+                "decision": decision,
+                "outcome": outcome,
+                "reason": reason,
+                "error_code": error_code,
+                "caused_by_event_id": caused_by_event_id,
+            },
+            payload=payload,
+            clear_pending=True,
+            release_lease=release_lease,
+        )
 
     def _gate(self, conn: Connection | Tx, run: Mapping[str, Any]) -> _Gate:
         """The pending gate's policy, requester and approvals so far. Read-only.
@@ -550,23 +575,9 @@ class Engine:
         with self.db.write() as conn:
             run = self._load_row(conn, run_id)
             check_transition(run["status"], Trigger.CANCEL, run_id=run_id)
-            self._transition(
-                conn,
-                run,
-                event_type="run.cancelled",
-                to_status=RunStatus.FAILED,
-                to_step=run["step"],
-                actor_type="human",
-                actor_id=by,
-                now=now,
-                extra={
-                    "decision": "cancel",
-                    "outcome": "cancelled",
-                    "reason": reason,
-                    "error_code": "cancelled",
-                },
-                clear_pending=True,
-                release_lease=True,
+            self._failed_by(
+                conn, run, by, now, event_type="run.cancelled", decision="cancel",
+                outcome="cancelled", error_code="cancelled", reason=reason, release_lease=True,
             )
             return self._info(conn, run_id)
 
