@@ -375,7 +375,7 @@ def audit_verify(anchor_paths: tuple[str, ...], blob_refs: bool, db: str, as_jso
         if report.ok and anchors:
             remembered = remember_anchor(engine.db, max(anchors, key=lambda a: a.seq))
     if as_json:
-        click.echo(json.dumps(report_json(report), ensure_ascii=False))
+        click.echo(json.dumps(report.model_dump(mode="json"), ensure_ascii=False))
     else:
         click.echo(_verify_line(report, anchors))
         for seq, by in report.redactions:
@@ -405,11 +405,6 @@ def _verify_line(report: VerifyReport, anchors: list[Anchor]) -> str:
         f"OK up to seq {report.last_seq} ({report.events_checked} events; anchored: rows "
         f"1..{report.anchored_seq} match {newest.describe()}{tail})"
     )
-
-
-def report_json(report: Any) -> dict[str, Any]:
-    """A verify report as a JSON-compatible dict."""
-    return report.model_dump(mode="json")  # type: ignore[no-any-return]
 
 
 # -- anchor ----------------------------------------------------------------------------
