@@ -40,3 +40,46 @@ def test_the_lifecycle_diagram_in_the_docs_is_rendered_from_the_code() -> None:
     doc = (REPO / "docs" / "concepts.md").read_text()
     block = doc.split("```mermaid\n", 1)[1].split("\n```", 1)[0]
     assert block == lifecycle_mermaid().rstrip("\n"), "regenerate with: statecraft graph --lifecycle"
+
+
+def _pinned() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "requirements" / "lock.txt").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)==([^ ;#]+)", line)
+        if m:
+            pins[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return pins
+
+
+def test_both_setup_commands_install_against_the_tested_lock() -> None:
+    for command in _commands():
+        assert command.startswith("pip install -c requirements/lock.txt -e "), command
+
+
+def test_the_lock_pins_every_dependency_and_extra_the_project_declares() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        declared += [d for d in extra if not d.startswith("statecraft")]
+    pins = _pinned()
+    missing = []
+    for requirement in declared:
+        name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-")  # type: ignore[union-attr]
+        if name not in pins:
+            missing.append(name)
+    assert not missing, f"not pinned in requirements/lock.txt (run: bash .ci/lock): {missing}"
+
+
+def test_the_installed_versions_are_the_locked_ones() -> None:
+    # CI installs with -c requirements/lock.txt: what runs the tests is what was locked.
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = _pinned()
+    for name in ("anthropic", "sqlalchemy", "sqlmodel", "pydantic", "transitions", "click", "rich", "hypothesis"):
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            continue
+        assert installed == pins[name], f"{name} {installed} installed, {pins[name]} locked"

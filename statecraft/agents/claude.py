@@ -64,15 +64,34 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from string import Template
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-import anthropic
 from pydantic import BaseModel, ValidationError
 
 from ..errors import DefinitionError
 from ..outcomes import Fail, Outcome
 from .base import StepContext, Usage
 from .errors import LLMAuthError, LLMProtocolError, _convert, _sdk_errors
+
+if TYPE_CHECKING:
+    import anthropic
+
+CLAUDE_EXTRA_HINT = "ClaudeAgent needs the anthropic SDK: pip install 'statecraft[claude]'"
+"""The one-line refusal when the optional ``claude`` extra is not installed."""
+
+
+def _anthropic() -> Any:
+    """The ``anthropic`` module; ``DefinitionError`` naming the extra if it is not installed.
+
+    Imported here rather than at module level so that a machine file that
+    declares Claude steps fails when the machine is *built*, with one line
+    naming the extra, instead of an ``ImportError`` traceback.
+    """
+    try:
+        import anthropic
+    except ImportError as exc:
+        raise DefinitionError(CLAUDE_EXTRA_HINT) from exc
+    return anthropic
 from .pricing import ModelPrice, TokenCounts, cost_micros
 
 __all__ = ["ClaudeAgent", "StructuredOutput"]
@@ -150,6 +169,7 @@ class ClaudeAgent(Generic[O]):
         api_key: str | None = None,
         base_url: str | None = None,
     ) -> None:
+        anthropic = _anthropic()
         problems: list[str] = []
         for label, value in (
             ("agent_name", agent_name),
@@ -391,7 +411,7 @@ class ClaudeAgent(Generic[O]):
         # Built on first use, not at construction: loading a machine (CLI
         # ``graph``, ``status``) must not need credentials. Cached afterwards so
         # connections are reused across steps.
-        client = anthropic.Anthropic(
+        client = _anthropic().Anthropic(
             api_key=self._api_key,
             base_url=self._base_url,
             max_retries=0,

@@ -58,6 +58,8 @@ EXPECTED: dict[str, tuple[type[LLMError], bool]] = {
     "RequestTimeoutError": (LLMTimeout, R),
     "ConflictError": (LLMUnavailable, R),
     "PreconditionFailedError": (LLMBadRequest, N),
+    "StorageNotReadyError": (LLMUnavailable, R),
+    "WorkspaceHumanReviewDisabledError": (LLMPermissionDenied, N),
     "ContentTooLargeError": (LLMBadRequest, N),
     "UnprocessableEntityError": (LLMBadRequest, N),
     "RateLimitError": (LLMRateLimited, R),
@@ -153,9 +155,14 @@ def test_every_exception_class_the_sdk_exports_is_classified() -> None:
     exported = _exported()
     unclassified = sorted(set(exported) - set(EXPECTED))
     gone = sorted(set(EXPECTED) - set(exported))
+    suggestions = ", ".join(
+        f"{name} (a {exported[name].__mro__[1].__name__}; at run time it is handled as "
+        f"{_convert(_instance(exported[name])).__class__.__name__})"
+        for name in unclassified
+    )
     assert not unclassified, (
         f"anthropic {anthropic.__version__} exports exception classes statecraft has not classified: "
-        f"{unclassified}; add them to _BY_NAME in statecraft/agents/errors.py and to EXPECTED here"
+        f"{suggestions}; add each to _BY_NAME in statecraft/agents/errors.py and to EXPECTED here"
     )
     assert not gone, f"classes no longer exported by anthropic {anthropic.__version__}: {gone}"
 
@@ -181,9 +188,37 @@ def test_every_sdk_error_class_including_endpoint_specific_ones_converts_to_one_
     for cls in classes:
         ours = _convert(_instance(cls))
         assert type(ours) in OURS, cls
-        # An unlisted subclass behaves like its nearest listed ancestor.
+        # An unlisted subclass behaves like its nearest listed ancestor, or,
+        # where that is only a root class, like its HTTP status says.
         listed = next(k for k in cls.__mro__ if k in agent_errors._mapping())
-        assert type(ours) is agent_errors._mapping()[listed], cls
+        expected = agent_errors._mapping()[listed]
+        if listed is not cls and listed.__name__ in agent_errors._ROOTS:
+            status = getattr(_instance(cls), "status_code", None)
+            expected = agent_errors._by_status(status if isinstance(status, int) else None) or expected
+        assert type(ours) is expected, cls
+
+
+@pytest.mark.parametrize(
+    ("base", "status", "expected", "retryable"),
+    [
+        ("ServiceUnavailableError", 503, LLMUnavailable, True),
+        ("BadRequestError", 400, LLMBadRequest, False),
+        ("APIStatusError", 429, LLMRateLimited, True),
+        ("APIStatusError", 503, LLMUnavailable, True),
+        ("APIStatusError", 529, LLMOverloaded, True),
+        ("APIStatusError", 402, LLMSpendLimitReached, False),
+        ("APIStatusError", 451, LLMBadRequest, False),
+        ("APIError", 0, LLMError, False),
+    ],
+)
+def test_an_sdk_error_class_statecraft_has_never_seen_is_handled_by_its_base_and_http_status(
+    base: str, status: int, expected: type[LLMError], retryable: bool
+) -> None:
+    # What a future SDK release looks like to this code: a new class, unknown by name.
+    future = type("FutureSDKError", (getattr(anthropic, base),), {"status_code": status} if status else {})
+    ours = _convert(_instance(future), model_id="claude-x")
+    assert type(ours) is expected
+    assert RetryPolicy(max_attempts=3).is_retryable(ours) is retryable
 
 
 def test_a_non_json_body_the_sdk_fails_to_decode_is_a_protocol_error() -> None:
