@@ -37,7 +37,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import rfc8785
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -50,7 +50,7 @@ from .policy import Budget, RetryPolicy, ms
 if TYPE_CHECKING:
     from .patterns.escalation import EscalationRule
 
-__all__ = ["AppliedOutcome", "IllegalOutcome", "Machine", "Step"]
+__all__ = ["AppliedOutcome", "IllegalOutcome", "Machine", "ReadOnlyStateError", "Step"]
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -139,12 +139,55 @@ class Step:
         return version if isinstance(version, str) else None
 
 
+class ReadOnlyStateError(AttributeError):
+    """An agent assigned to (or deleted) a field of the state view it was handed.
+
+    Agents change state only through ``update=`` of the outcome they return,
+    which the machine validates against the step's ``writes`` (DESIGN.md
+    invariant 1). Views are read-only copies, so an in-place write could
+    never reach the checkpoint anyway; it is refused loudly rather than
+    lost silently. The engine fails the run with the illegal outcome
+    ``state_mutation`` (never retried: the same code would do it again).
+
+    Attributes:
+        step: the step whose agent tried it.
+        field: the field it tried to set or delete.
+    """
+
+    error_code = "state_mutation"
+    non_retryable = True
+
+    def __init__(self, step: str, field: str) -> None:
+        self.step = step
+        self.field = field
+        super().__init__(
+            f"step {step!r} assigned state.{field} in place; the state view is read-only: "
+            f"return the change as update={{{field!r}: ...}} (the step must declare it in writes)"
+        )
+
+
+class _ReadOnly:
+    """Mixin of every state view: refuses attribute assignment and deletion."""
+
+    __statecraft_step__: ClassVar[str] = "?"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise ReadOnlyStateError(type(self).__statecraft_step__, name)
+
+    def __delattr__(self, name: str) -> None:
+        raise ReadOnlyStateError(type(self).__statecraft_step__, name)
+
+
+class _ReadOnlyView(_ReadOnly, BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
 @dataclass(frozen=True)
 class IllegalOutcome:
     """Why an agent's outcome was refused; the engine fails the run with it.
 
     Attributes:
-        error_code: ``undeclared_edge``, ``unowned_field``, ``schema_violation``,
+        error_code: ``undeclared_edge``, ``unowned_field``, ``state_mutation``, ``schema_violation``,
             ``not_allowed_to_finish`` or ``not_an_outcome``.
         reason: one line naming the step, the offending value and what was declared.
     """
@@ -226,7 +269,7 @@ class Machine(Generic[S]):
         if problems:
             raise MachineDefinitionError(name if isinstance(name, str) else repr(name), problems)
         self.steps = {s.name: s for s in steps}
-        self._views: dict[str, type[BaseModel] | None] = {
+        self._views: dict[str, tuple[type[BaseModel], set[str] | None]] = {
             s.name: self._view_model(s) for s in steps
         }
         self.digest = hashlib.sha256(rfc8785.dumps(self.describe())).hexdigest()
@@ -303,19 +346,32 @@ class Machine(Generic[S]):
                 problems.append(f"step {n!r} has no path to a step that may finish")
         return problems
 
-    def _view_model(self, step: Step) -> type[BaseModel] | None:
+    def _view_model(self, step: Step) -> tuple[type[BaseModel], set[str] | None]:
+        """The read-only model of ``step``'s view, and the fields it holds (``None``: all)."""
+        suffix = step.name.replace("-", "_").replace(".", "_")
+        view: type[BaseModel]
         if step.reads is None:
-            return None
-        model_fields = self.state_model.model_fields
-        definitions: dict[str, Any] = {
-            f: (model_fields[f].annotation, model_fields[f]) for f in step.reads
-        }
-        view: type[BaseModel] = create_model(
-            f"{self.state_model.__name__}View_{step.name.replace('-', '_').replace('.', '_')}",
-            __config__=ConfigDict(frozen=True),
-            **definitions,
-        )
-        return view
+            # A read-only subclass of the state model itself, so agents keep its
+            # methods, properties and isinstance() while unable to write to it.
+            base = self.state_model
+            view = type(
+                f"ReadOnly{base.__name__}_{suffix}",
+                (_ReadOnly, base),
+                {"model_config": ConfigDict(**{**base.model_config, "frozen": True}),
+                 "__module__": base.__module__},
+            )
+            fields: set[str] | None = None
+        else:
+            model_fields = self.state_model.model_fields
+            definitions: dict[str, Any] = {
+                f: (model_fields[f].annotation, model_fields[f]) for f in step.reads
+            }
+            view = create_model(  # type: ignore[call-overload]
+                f"{self.state_model.__name__}View_{suffix}", __base__=_ReadOnlyView, **definitions
+            )
+            fields = set(step.reads)
+        view.__statecraft_step__ = step.name  # type: ignore[attr-defined]
+        return view, fields
 
     def describe(self) -> dict[str, Any]:
         """The canonical description hashed into ``digest``: graph, schema and agent identities.
@@ -421,13 +477,31 @@ class Machine(Generic[S]):
         return self.state_model()
 
     def view(self, step: str, state: S) -> BaseModel:
-        """The agent's view of ``state`` for ``step``: only the fields it declared it reads."""
-        view_model = self._views[step]
-        if view_model is None:
-            return state
-        return view_model.model_validate(
-            {f: getattr(state, f) for f in view_model.model_fields}
-        )
+        """A fresh read-only copy of ``state`` for ``step``'s agent: the fields it ``reads`` (all if ``None``).
+
+        Built anew for every attempt from a dump of ``state``, so nothing the
+        agent does to it — assigning a field (refused with
+        :class:`ReadOnlyStateError`) or mutating a nested list, dict or model
+        in place — can reach ``state``: the engine computes the next state
+        only from the checkpoint and the validated ``update``
+        (:meth:`apply`; docs/reliability.md, "What an agent can change").
+        With ``reads=None`` the view is an instance of a read-only subclass
+        of the state model.
+        """
+        view_model, fields = self._views[step]
+        return view_model.model_validate(state.model_dump(include=fields))
+
+    def mutated_fields(self, step: str, view: BaseModel, state: S) -> list[str]:
+        """Fields of ``view`` (from :meth:`view`) whose content no longer equals ``state``'s. Pure.
+
+        An agent that mutated a nested container of its view in place
+        believes it changed the state; it did not, and the engine fails the
+        run (``state_mutation``) instead of losing the write silently.
+        """
+        _, fields = self._views[step]
+        before = state.model_dump(include=fields)
+        after = view.model_dump(include=fields)
+        return sorted(f for f in before if before[f] != after.get(f))
 
     def apply(self, step: str, state: S, outcome: object) -> AppliedOutcome[S] | IllegalOutcome:
         """Judge an agent's outcome for ``step`` and compute the next state. Pure.

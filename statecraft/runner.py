@@ -53,7 +53,7 @@ from .errors import ApprovalRefused, IllegalTransition, LeaseHeld, RunNotFound
 from .execution import Attempt, EffectLog, run_attempt
 from .leases import LeaseKeeper, owner_is_gone
 from .lifecycle import RunStatus, Trigger, check_transition
-from .machine import IllegalOutcome, Machine, Step
+from .machine import IllegalOutcome, Machine, ReadOnlyStateError, Step
 from .outcomes import Fail, Finish, Goto, RequestApproval
 from .policy import ms
 from .store.blobs import blob_json, sha256_hex
@@ -429,14 +429,27 @@ class StepRunner:
         )
         if result.lost:
             return None
-        view_is_state = view is live.state
+        view_is_state = step.reads is None  # the input is the whole state, stored already
         if result.timed_out and deadline_cut:
             elapsed = ms(self.engine._clock() - live.running_since) if live.running_since else 0
             exceeded = Exceeded("deadline", live.limits.deadline_ms or 0, elapsed, step.name)
             return self._over_budget(live, step, exceeded, result, view, attempt)
-        if result.timed_out or result.error is not None:
+        if isinstance(result.error, ReadOnlyStateError):
+            # Writing outside update= is an illegal outcome, not a failed attempt:
+            # never retried, no error edge (DESIGN.md invariant 1).
+            judged: Any = IllegalOutcome("state_mutation", str(result.error))
+        elif result.timed_out or result.error is not None:
             return self._attempt_failed(live, step, view, result, attempt, effects.used)
-        judged = machine.apply(step.name, live.state, result.outcome)
+        else:
+            mutated = machine.mutated_fields(step.name, view, live.state)
+            if mutated:
+                judged = IllegalOutcome(
+                    "state_mutation",
+                    f"step {step.name!r} changed {mutated} of its state view in place; the view "
+                    "is a read-only copy and nothing outside update= is committed",
+                )
+            else:
+                judged = machine.apply(step.name, live.state, result.outcome)
         return self._commit_outcome(live, step, view if not view_is_state else None, judged, result, attempt, effects.used)
 
     def _agent_fields(
@@ -601,7 +614,7 @@ class StepRunner:
         machine, row, me = live.machine, live.row, self.engine.owner
         policy = step.retry or machine.retry
         failure = self._failure(step, machine, result, attempt)
-        view_arg = None if view is live.state else view
+        view_arg = None if step.reads is None else view
         if failure.retryable and attempt < policy.max_attempts:
             delay = policy.delay(attempt, self.rng)
             asked = getattr(result.error, "retry_after", None)
@@ -701,7 +714,7 @@ class StepRunner:
             usage = (0, 0, 0)
             if result is not None and attempt is not None:
                 # The attempt the deadline cut short is part of this event.
-                fields.update(self._agent_fields(tx, live, step, None if view is live.state else view, result, attempt, now, blobs))
+                fields.update(self._agent_fields(tx, live, step, None if step.reads is None else view, result, attempt, now, blobs))
                 fields.update(outcome="timeout", error_code="budget_exceeded", reason=exceeded.reason)
                 current = self._calls(tx, row, result.calls, now, blobs)
                 usage = (result.usage.tokens_in, result.usage.tokens_out, result.usage.cost_micros)

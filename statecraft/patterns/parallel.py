@@ -39,6 +39,7 @@ the step has committed.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import queue
@@ -251,7 +252,8 @@ class WorkerCall:
     Attributes:
         key: unique name of the call in the aggregate (the worker name).
         fn: ``(input, wctx) -> output``; output JSON-compatible or a pydantic model.
-            It must not mutate ``input`` (every attempt receives the same object).
+            Each attempt receives its own deep copy of ``input``, so what a
+            call does to it is never seen elsewhere.
         input: passed to ``fn``; recorded (by hash) as the call's input, as it
             was before the first attempt.
         agent_name: audited ``agent_name``/actor (default ``key``).
@@ -361,7 +363,9 @@ def run_parallel(
                 att.state, att.started = "running", clock()
             wake.put(att)
             try:
-                att.value = att.call.fn(att.call.input, att.wctx)
+                # Each attempt gets its own copy: nothing a branch does to its input
+                # reaches the step's view, another branch, or a later attempt.
+                att.value = att.call.fn(copy.deepcopy(att.call.input), att.wctx)
             except BaseException as exc:  # a worker's failure is data for the aggregate
                 att.error = exc
             att.ended = clock()
