@@ -575,6 +575,33 @@ class Machine(Generic[S]):
             next_step = step
         return AppliedOutcome(outcome, new_state, next_step)
 
+    def error_edge(self, step: str, state: S) -> Goto | RequestApproval:
+        """Judge the error edge of ``step`` (its ``on_error``) on ``state``. Pure.
+
+        An error edge leaves the step exactly like a ``Goto`` does, so the
+        step's escalation rules are judged on it too: an agent that raises
+        must not carry the run past a rule its success would have tripped
+        (issue #8: a failing review must not pay 9,999,999 without a human).
+        Rules fail closed (a rule that cannot be evaluated fires).
+
+        Returns:
+            ``Goto(on_error)`` when no rule fires; otherwise the gate, a
+            ``RequestApproval`` resuming at ``on_error`` whose reason names
+            the fired rules.
+
+        Raises:
+            ValueError: ``step`` declares no ``on_error``.
+        """
+        decl = self.steps[step]
+        if decl.on_error is None:
+            raise ValueError(f"step {step!r} declares no on_error edge")
+        edge = Goto(decl.on_error, reason=f"error edge of step {step!r}")
+        if not decl.escalate:
+            return edge
+        from .patterns.escalation import escalate
+
+        return escalate(decl.escalate, state, edge) or edge
+
     def __repr__(self) -> str:
         return f"<Machine {self.name} v{self.version} steps={list(self.steps)}>"
 

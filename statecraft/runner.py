@@ -566,7 +566,9 @@ class StepRunner:
                     assert isinstance(outcome, RequestApproval)
                     event_type, to_status, to_step = "approval.requested", RunStatus.WAITING_FOR_APPROVAL, from_step
                     trigger = Trigger.REQUEST_APPROVAL
-                    pending = self._gate(live, step, state_sha, outcome.resume_at, outcome.reason, kind=None)
+                    # A gate a rule raised is never approved by silence (on_approval_timeout).
+                    kind = "escalation" if outcome.rules else None
+                    pending = self._gate(live, step, state_sha, outcome.resume_at, outcome.reason, kind=kind)
                     fields.update(decision=f"request_approval:{outcome.resume_at}", outcome="pending", reason=outcome.reason)
                     payload = {"resume_at": outcome.resume_at, "proposal_digest": pending["digest"], "summary": outcome.summary}
                     if outcome.policy is not None:
@@ -664,6 +666,26 @@ class StepRunner:
                 "actor_type": "system", "actor_id": "statecraft", "now": now, "usage": usage,
                 "fence_owner": me,
             }
+            edge = machine.error_edge(step.name, live.state) if step.on_error is not None else None
+            if isinstance(edge, RequestApproval):
+                # The error edge trips an escalation rule: a human decides
+                # whether the run may take it (fail closed, issue #8).
+                check_transition(current["status"], Trigger.REQUEST_APPROVAL, run_id=row["run_id"])
+                reason = f"{edge.reason}; step {step.name!r} failed ({failure.reason}) and would take its error edge"
+                pending = self._gate(live, step, row["state_sha256"], edge.resume_at, reason, kind="escalation")
+                fields.update(decision=f"request_approval:{edge.resume_at}", reason=reason,
+                              output_sha256=self._blob(tx, blob_json(self._engine_module._outcome_json(edge)), now, blobs))
+                payload.update(resume_at=edge.resume_at, proposal_digest=pending["digest"], summary=edge.summary,
+                               error=failure.reason, rules=list(edge.rules))
+                if edge.policy is not None:
+                    payload["policy"] = edge.policy.describe()
+                if pending["deadline_at"]:
+                    payload.update(deadline_at=pending["deadline_at"], on_timeout="fail")
+                return write_transition(
+                    tx, self.db.ledger_id, current, event_type="approval.requested",
+                    to_status=RunStatus.WAITING_FOR_APPROVAL, to_step=step.name, extra=fields,
+                    payload=payload, pending=pending, **common,
+                )
             if step.on_error is not None:
                 # An error edge is a declared transition of the graph, and counts as a step.
                 check_transition(current["status"], Trigger.STEP, run_id=row["run_id"])
