@@ -196,3 +196,55 @@ def test_a_step_that_keeps_killing_its_process_fails_the_run_as_a_crash_loop(db_
         final = engine.advance(run.run_id)
         assert (final.status, final.error_code) == (RunStatus.FAILED, "crash_loop")
         assert event_types(engine, run.run_id).count("lease.taken_over") == 4
+
+
+def test_a_step_outcome_commits_only_under_the_lease_even_when_the_run_did_not_move(db_path: Path) -> None:
+    # The run-position fence (run_seq) alone is not enough: a lease can change
+    # hands without a ledger event (an operator clears a stuck lease, a second
+    # engine then takes the free lease). The stale engine's outcome must still
+    # commit nothing; only the lease-owner fence on the outcome's UPDATE says so.
+    import sqlite3
+
+    entered = threading.Event()
+    release = threading.Event()
+    second_inside = threading.Event()
+    second_release = threading.Event()
+    calls: list[str] = []
+
+    def agent(state: Counter, ctx: Any) -> object:
+        calls.append(ctx.run_id)
+        if len(calls) == 1:
+            entered.set()
+            release.wait(10)
+            return Goto("end", update={"n": 666})
+        second_inside.set()
+        second_release.wait(10)
+        return Goto("end", update={"n": 1})
+
+    m = Machine("fence", "1", Counter, [
+        Step("wait", agent, next=["end"], writes=["n"]),
+        Step("end", lambda s, c: Finish(), may_finish=True),
+    ])
+    with Engine(db_path, machines=[m]) as stale, Engine(db_path, machines=[m]) as second:
+        run = stale.start(m, {}, advance=False)
+        t1, box1 = _in_thread(stale.advance, run.run_id)
+        assert entered.wait(5)
+        seq_before = stale.get(run.run_id).run_seq
+        raw = sqlite3.connect(db_path)
+        raw.execute("UPDATE run SET lease_owner = NULL, lease_expires_at = NULL WHERE run_id = ?", (run.run_id,))
+        raw.commit()
+        raw.close()
+        t2, box2 = _in_thread(second.advance, run.run_id)
+        assert second_inside.wait(5)
+        assert second.get(run.run_id).run_seq == seq_before  # no ledger event moved the run
+        release.set()  # the stale engine returns its outcome and tries to commit
+        t1.join(5)
+        assert "error" not in box1, box1
+        assert [e.event_type for e in second.events(run.run_id)].count("step.completed") == 0
+        second_release.set()
+        t2.join(5)
+        done = second.get(run.run_id)
+        assert done.status is RunStatus.DONE and done.state["n"] == 1
+        completed = [e for e in second.events(run.run_id) if e.event_type == "step.completed"]
+        assert len(completed) == 1
+        assert_ledger_ok(second)
