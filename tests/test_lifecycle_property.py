@@ -9,8 +9,11 @@ real SQLite file (one temporary directory per test case).
 The scripted machine has four steps, each declaring a different reliability
 path, so one agent exception exercises all of them:
 
-- ``draft``: an exception is retried once (``max_attempts=2``); a gate
-  raised here expires after 10 minutes into FAILED;
+- ``draft``: an exception is retried once (``max_attempts=2``), then takes
+  the error edge to ``review`` — unless the step's escalation rule
+  (``too_many_drafts``: ``drafts >= 3``) fires on the state, which it judges
+  on every edge leaving the step, its error edge included: then a human
+  decides (issue #8); a gate raised here expires after 10 minutes into FAILED;
 - ``review``: an exception asks a human (``escalate_on_error``); a gate the
   agent raised here is approved by silence after 10 minutes
   (``on_approval_timeout="approve"``), an error gate or a four-eyes gate is not;
@@ -21,7 +24,9 @@ path, so one agent exception exercises all of them:
 Agent outcomes are legal (goto, finish, request approval), a decision (Fail),
 or illegal (an undeclared next step or ``resume_at``, a field the step does not
 own, a schema violation, ``Finish`` from a step that may not finish, garbage
-like ``None`` or ``42``): an illegal one fails the run, audited.
+like ``None`` or ``42``, an in-place write to the state view it was handed —
+a field assigned, or the unowned ``notes`` list appended to): an illegal one
+fails the run, audited, and the in-place write never reaches the state.
 
 Every request the model deems illegal must raise and write nothing: the
 ledger length and the full ``RunInfo`` are compared before and after. Every
@@ -98,6 +103,7 @@ from statecraft import (
 from statecraft.audit.verify import fold_runs, verify_ledger
 from statecraft.errors import ApprovalRefused
 from statecraft.outcomes import ApprovalPolicy
+from statecraft.patterns import EscalationRule
 
 I, R, W, F, D = (
     RunStatus.IDLE,
@@ -178,6 +184,7 @@ class Doc(BaseModel):
     drafts: int = Field(default=0, ge=0)
     summary: str = Field(default="", max_length=40)
     verdict: Literal["", "ok", "hold"] = ""
+    notes: list[str] = Field(default_factory=list)  # owned by no step: agents may only read it
 
 
 START_STEP = "draft"
@@ -198,7 +205,9 @@ MAY_FINISH = frozenset({"publish", "archive"})
 #: What happens when a step's agent raises (see the module docstring).
 ESCALATE_ON_ERROR = frozenset({"review"})
 MAX_ATTEMPTS = {"draft": 2}
-ON_ERROR = {"publish": "review"}
+ON_ERROR = {"draft": "review", "publish": "review"}
+#: ``draft``'s escalation rule: fires on the state an edge out of ``draft`` would carry.
+DRAFT_LIMIT = 3
 #: Approval deadlines: step -> on_approval_timeout.
 DEADLINE = timedelta(minutes=10)
 ON_TIMEOUT = {"draft": "fail", "review": "approve"}
@@ -209,6 +218,20 @@ STARTED_BY = "svc"
 FOUR_EYES = ApprovalPolicy(required=2)
 
 _NO_PLAN = object()
+
+
+@dataclass(frozen=True)
+class Mutating:
+    """A plan: the agent writes to its state view in place, then returns ``then``."""
+
+    how: Literal["assign", "nested"]
+    then: object
+
+    def apply(self, view: Any) -> None:
+        if self.how == "assign":
+            view.drafts = 99  # refused: the view is read-only
+        else:
+            view.notes.append("written in place")  # a copy: detected, never committed
 
 
 @dataclass
@@ -242,11 +265,21 @@ def _scripted_agent(step: str) -> Callable[[Doc, StepContext], Any]:
     def agent(state: Doc, ctx: StepContext) -> Any:
         # The engine must call the agent of the run's current step, and no other.
         assert ctx.step == step, (ctx.step, step)
-        return SCRIPT.take(step)
+        plan = SCRIPT.take(step)
+        if isinstance(plan, Mutating):
+            plan.apply(state)
+            return plan.then
+        return plan
 
     agent.__qualname__ = agent.__name__ = f"scripted_{step}"
     agent.agent_name = f"scripted.{step}"  # type: ignore[attr-defined]
     return agent
+
+
+TOO_MANY_DRAFTS = EscalationRule(
+    "too_many_drafts",
+    lambda state: f"drafts {state.drafts} >= {DRAFT_LIMIT}" if state.drafts >= DRAFT_LIMIT else None,
+)
 
 
 def build_machine() -> Machine[Doc]:
@@ -271,6 +304,7 @@ def build_machine() -> Machine[Doc]:
                 ),
                 approval_deadline=DEADLINE if name in ON_TIMEOUT else None,
                 on_approval_timeout=ON_TIMEOUT.get(name, "fail"),
+                escalate=[TOO_MANY_DRAFTS] if name == "draft" else (),
             )
             for name in STEPS
         ],
@@ -359,7 +393,12 @@ class Expect:
 
 
 def initial_state(drafts: int) -> dict[str, Any]:
-    return {"drafts": drafts, "summary": "", "verdict": ""}
+    return {"drafts": drafts, "summary": "", "verdict": "", "notes": []}
+
+
+def rule_fires(step: str, state: dict[str, Any]) -> bool:
+    """Whether ``step``'s escalation rule fires on ``state`` (judged independently of the engine)."""
+    return step == "draft" and state["drafts"] >= DRAFT_LIMIT
 
 
 def state_sha256(state: dict[str, Any]) -> str:
@@ -389,6 +428,8 @@ BAD_KINDS = (
     "undeclared_resume_at",
     "unowned_write",
     "schema_violation",
+    "mutate_assign",
+    "mutate_nested",
 )
 
 
@@ -422,6 +463,9 @@ def plan_step(run: ModelRun, kind: str, pick: int, now: datetime) -> tuple[objec
         plan: object = Goto(target, update=update, reason=f"go to {target}")
         if target not in nxt:
             return plan, failed("undeclared_edge")
+        if rule_fires(step, merged):
+            gate = run.gate(target, now, by_agent=False)
+            return plan, Expect(replace(gate, state=merged), "approval.requested")
         return plan, Expect(replace(run.moved(R, target), state=merged), "step.completed")
     if kind == "finish":
         plan = Finish(update=update, reason="finished")
@@ -448,6 +492,9 @@ def plan_step(run: ModelRun, kind: str, pick: int, now: datetime) -> tuple[objec
         if run.attempts + 1 < MAX_ATTEMPTS.get(step, 1):
             return plan, Expect(replace(run, attempts=run.attempts + 1), "step.attempt_failed")
         if step in ON_ERROR:
+            if rule_fires(step, run.state):
+                # The error edge leaves the step too: the rule is judged on it.
+                return plan, Expect(run.gate(ON_ERROR[step], now, by_agent=False), "approval.requested")
             return plan, Expect(run.moved(R, ON_ERROR[step]), "step.error_edge")
         if step in ESCALATE_ON_ERROR:
             return plan, Expect(run.gate(step, now, by_agent=False), "approval.requested")
@@ -461,10 +508,14 @@ def plan_step(run: ModelRun, kind: str, pick: int, now: datetime) -> tuple[objec
         targets = sorted((set(STEPS) | {"nowhere"}) - set(nxt))
         plan = RequestApproval("gate", resume_at=targets[pick % len(targets)])
         return plan, failed("undeclared_edge")
+    if kind in ("mutate_assign", "mutate_nested"):
+        # An otherwise legal move, after writing to the view in place.
+        how: Literal["assign", "nested"] = "assign" if kind == "mutate_assign" else "nested"
+        return Mutating(how, base(update)), failed("state_mutation")
     if kind == "unowned_write":
         unowned = [f for f in FIELDS if f not in WRITES[step]]
         name = unowned[pick % len(unowned)]
-        value = {"drafts": 7, "summary": "stolen", "verdict": "ok"}[name]
+        value = {"drafts": 7, "summary": "stolen", "verdict": "ok", "notes": ["stolen"]}[name]
         return base({name: value}), failed("unowned_field")
     if kind == "schema_violation":
         if WRITES[step]:
@@ -789,6 +840,23 @@ class LifecycleMachine(RuleBasedStateMachine):
     def agent_step_that_fails_or_misbehaves(self, index: int, kind: str, pick: int) -> None:
         running = self._ids(R)
         self._step(running[index % len(running)], kind, pick)
+
+    @precondition(lambda self: self._has(R))
+    @rule(index=st.integers(0, 7), how=st.sampled_from(["mutate_assign", "mutate_nested"]), pick=st.integers(0, 3))
+    def an_agent_writes_to_its_state_view_in_place(self, index: int, how: str, pick: int) -> None:
+        # Issue #8: an in-place write never reaches the checkpoint; the run fails, audited.
+        running = self._ids(R)
+        self._step(running[index % len(running)], how, pick)
+
+    @precondition(lambda self: any(m.status is R and m.step == "draft" for m in self.model.values()))
+    @rule(index=st.integers(0, 7))
+    def an_agent_raises_until_its_error_edge_leaves_an_escalating_step(self, index: int) -> None:
+        # Issue #8: the error edge out of ``draft`` is judged by its escalation
+        # rule; with drafts >= DRAFT_LIMIT a human decides, else the edge is taken.
+        at_draft = sorted(r for r, m in self.model.items() if m.status is R and m.step == "draft")
+        run_id = at_draft[index % len(at_draft)]
+        while self.model[run_id].status is R and self.model[run_id].step == "draft":
+            self._step(run_id, "raise", 0)
 
     @rule(run_id=runs)
     def advance_any_run(self, run_id: str) -> None:
