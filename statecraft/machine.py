@@ -117,14 +117,23 @@ class Step:
 
     @property
     def agent_name(self) -> str:
-        """The agent's stable name: its ``agent_name`` attribute or qualified name."""
+        """The agent's stable name, as audited (``agent_name``, ``actor_id``).
+
+        Its ``agent_name`` attribute when it has one; else the qualified name
+        of a function or class defined at module level (``classify``,
+        ``Reviewer``); else — a lambda, or a closure built by a factory, whose
+        qualified name (``make.<locals>.agent``) would name every such agent
+        alike — the step's name.
+        """
         explicit = getattr(self.agent, "agent_name", None)
         if isinstance(explicit, str):
             return explicit
         # The qualified name without the module: one machine file imported by
         # path or as a package module must keep one digest.
         qual = getattr(self.agent, "__qualname__", None)
-        return qual if isinstance(qual, str) else type(self.agent).__qualname__
+        if not isinstance(qual, str):
+            qual = type(self.agent).__qualname__
+        return self.name if "<" in qual else qual
 
     @property
     def agent_version(self) -> str | None:

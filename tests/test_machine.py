@@ -110,3 +110,31 @@ def test_the_graph_renders_as_mermaid_through_transitions() -> None:
     text = _machine().mermaid()
     assert "stateDiagram-v2" in text
     assert "one --> two" in text and "two --> DONE: finish" in text
+
+
+def module_level_agent(state: object, ctx: object) -> Finish:
+    return Finish()
+
+
+def test_agents_built_by_a_factory_are_named_by_their_step_unless_given_a_name() -> None:
+    class S(BaseModel):
+        n: int = 0
+
+    def make(target: str | None) -> object:
+        def agent(state: object, ctx: object) -> object:
+            return Goto(target) if target else Finish()
+
+        return agent
+
+    explicit = make("fourth")
+    explicit.agent_name = "reviewer.v2"  # type: ignore[attr-defined]
+    m = Machine("factory", "1", S, steps=[
+        Step("first", make("second"), next=["second"]),  # type: ignore[arg-type]
+        Step("second", lambda s, c: Goto("third"), next=["third"]),
+        Step("third", explicit, next=["fourth"]),  # type: ignore[arg-type]
+        Step("fourth", module_level_agent, may_finish=True),
+    ])
+    # A factory's closures and lambdas would all be "make.<locals>.agent" / "<lambda>".
+    assert [s.agent_name for s in m.steps.values()] == [
+        "first", "second", "reviewer.v2", "module_level_agent",
+    ]
