@@ -57,7 +57,7 @@ from .machine import IllegalOutcome, Machine, ReadOnlyStateError, Step
 from .outcomes import Fail, Finish, Goto, RequestApproval
 from .policy import ms
 from .store.blobs import blob_json, sha256_hex
-from .store.txn import Tx, read_one, read_tx, tx_of, write_tx
+from .store.txn import Tx, group_write, read_one, read_tx, tx_of, write_tx
 from .transition import KEEP, RUN_COLUMNS, Committed, RunMoved, write_transition
 
 if TYPE_CHECKING:
@@ -193,8 +193,9 @@ class StepRunner:
         """Run ``write`` in one write transaction; ``None`` if the run moved (nothing written)."""
         blobs: list[str] = []
         try:
-            with write_tx(self.db) as tx:
-                committed = write(tx, blobs)
+            # Possibly batched with other runs' commits (group commit): returns
+            # once the transaction holding this one is durable.
+            committed = group_write(self.db, lambda tx: write(tx, blobs))
         except RunMoved:
             return None
         if blobs:

@@ -25,14 +25,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from operator import itemgetter
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, TextClause, text
 
 from ..errors import StoreError
 from .db import Database
 
-__all__ = ["Tx", "close_writer", "read_one", "read_tx", "tx_of", "write_tx"]
+__all__ = ["Tx", "close_writer", "group_write", "read_one", "read_tx", "tx_of", "write_tx"]
 
 _TEXT: dict[str, TextClause] = {}
 
@@ -190,6 +190,125 @@ class _WriteTx:
             writer.lock.release()
 
 
+# -- group commit --------------------------------------------------------------------------
+
+_GROUP_MAX = 64  # units per transaction: bounds a batch's latency and a rollback's blast radius
+
+T = TypeVar("T")
+
+
+class _Unit:
+    """One caller's unit of work waiting for (or in) a group transaction."""
+
+    __slots__ = ("done", "error", "result", "work")
+
+    def __init__(self, work: Callable[[Tx], Any]) -> None:
+        self.work = work
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class _Group:
+    """The queue of units waiting for the writer, and whether a leader is committing."""
+
+    __slots__ = ("cond", "leading", "pending")
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.pending: list[_Unit] = []
+        self.leading = False
+
+
+def group_write(db: Database, work: Callable[[Tx], T]) -> T:
+    """Run ``work(tx)`` in a write transaction that may be shared with other threads' units.
+
+    Group commit (issue #11). On SQLite every commit costs an fsync
+    (``synchronous=FULL``) and writers are serialised anyway, so while one
+    thread commits, the units other threads submit queue up; the next thread
+    to find no commit in progress becomes the leader and runs *every* queued
+    unit in one ``BEGIN IMMEDIATE`` transaction — each under its own
+    ``SAVEPOINT``, so a unit that raises (a fenced UPDATE finding the run
+    moved) rolls back alone — then commits once for all of them. No unit
+    waits for company: a lone unit commits at once, without savepoints, so
+    one run at a time pays nothing. Each caller returns only after the
+    transaction holding its unit is durable: what an acknowledgement means
+    does not change, only how many acknowledgements one fsync buys.
+
+    Units must be independent of each other (different runs): within a
+    batch they run one after another on one connection, each seeing the
+    previous ones' writes, so the ledger's chain stays one sequence.
+
+    Args:
+        db: the database.
+        work: the unit, ``tx -> result``; it may raise, which rolls back its
+            own writes only.
+
+    Returns:
+        What ``work`` returned, once its transaction committed.
+
+    Raises:
+        Whatever ``work`` raised (its writes were rolled back); the commit's
+        own error (every unit of that transaction is then lost, and each
+        caller gets the error); StoreError: the database is closed.
+    """
+    if not db.is_sqlite:
+        with write_tx(db) as tx:
+            return work(tx)
+    db._check_open()
+    writer = _writer(db)
+    group = writer.group
+    unit = _Unit(work)
+    with group.cond:
+        group.pending.append(unit)
+        while group.leading and not unit.done:
+            group.cond.wait()
+        if unit.done:
+            return _settled(unit)
+        group.leading = True
+        batch, group.pending[:] = group.pending[:_GROUP_MAX], group.pending[_GROUP_MAX:]
+    try:
+        _run_batch(db, writer, batch)
+    finally:
+        with group.cond:
+            group.leading = False
+            group.cond.notify_all()
+    return _settled(unit)
+
+
+def _settled(unit: _Unit) -> Any:
+    if unit.error is not None:
+        raise unit.error
+    return unit.result
+
+
+def _run_batch(db: Database, writer: _Writer, batch: list[_Unit]) -> None:
+    """One transaction for ``batch``; every unit ends ``done`` with its result or error."""
+    try:
+        with _WriteTx(db, writer) as tx:
+            raw = tx.raw
+            assert raw is not None
+            if len(batch) == 1:
+                unit = batch[0]
+                unit.result = unit.work(tx)  # alone: its error rolls back the whole transaction
+            else:
+                for unit in batch:
+                    raw.execute("SAVEPOINT statecraft_unit")
+                    try:
+                        unit.result = unit.work(tx)
+                    except BaseException as exc:
+                        unit.error = exc
+                        raw.execute("ROLLBACK TO statecraft_unit")
+                    raw.execute("RELEASE statecraft_unit")
+    except BaseException as exc:
+        for unit in batch:
+            if unit.error is None:
+                unit.error, unit.result = exc, None
+    finally:
+        for unit in batch:
+            unit.done = True
+
+
 @contextmanager
 def _sa_write_tx(db: Database) -> Iterator[Tx]:
     with db.write() as conn:
@@ -272,12 +391,13 @@ class _Writer:
     :func:`close_writer` closes it when the :class:`Database` closes.
     """
 
-    __slots__ = ("lock", "pid", "raw")
+    __slots__ = ("group", "lock", "pid", "raw")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.raw: sqlite3.Connection | None = None
         self.pid = 0
+        self.group = _Group()
 
     def connection(self, db: Database) -> sqlite3.Connection:
         """The connection, opened on first use (and again in a forked child: never share one across fork)."""
