@@ -9,6 +9,16 @@ kill a thread, so an abandoned agent may still be running; from then on its
 context refuses to start new side effects (``ctx.once`` raises
 :class:`AttemptAbandoned`), and whatever it returns or reports is dropped.
 
+``async def`` agents (and agents whose ``__call__`` is a coroutine
+function) run on one event loop that the process shares, on a daemon thread
+of its own (:func:`event_loop`): the engine's thread submits the coroutine and
+waits for it. A timeout or a lost lease then *cancels* the coroutine for real
+(``CancelledError`` is raised inside it at its next ``await``), instead of
+leaving it running as a thread would; ``ctx.once`` still refuses new side
+effects from that moment. Fan-out branches that are coroutine functions run
+on the same loop (statecraft/patterns/parallel.py), and so do async Claude
+clients, whose connections are bound to the loop that opened them.
+
 Side effects (``ctx.once(name, fn)``): ``fn(key)`` runs only if no result is
 recorded under its idempotency key; its result is committed in its own short
 transaction as soon as ``fn`` returns, and every later attempt, retry or
@@ -21,10 +31,14 @@ the effect once. docs/reliability.md explains the choice.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import inspect
 import json
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +48,15 @@ from .store.blobs import sha256_hex
 from .store.db import Database
 from .store.txn import write_tx
 
-__all__ = ["Attempt", "AttemptAbandoned", "EffectLog", "is_agent_failure", "run_attempt"]
+__all__ = [
+    "Attempt",
+    "AttemptAbandoned",
+    "EffectLog",
+    "event_loop",
+    "is_agent_failure",
+    "is_async_callable",
+    "run_attempt",
+]
 
 # How often a waiting engine looks at its lease while a timed agent runs.
 _POLL_S = 0.05
@@ -112,6 +134,8 @@ def run_attempt(
             when not an attempt failure (:func:`is_agent_failure`).
     """
     started = time.perf_counter()
+    if is_async_callable(agent):
+        return _run_async_attempt(agent, view, ctx, started, timeout_s=timeout_s, lost=lost, abandon=abandon)
     if timeout_s is None:
         try:
             outcome = agent(view, ctx)
@@ -153,6 +177,91 @@ def run_attempt(
             raise raised
         return Attempt(error=raised, latency_ms=latency, usage=ctx.usage, calls=ctx.calls)
     return Attempt(outcome=box.get("outcome"), latency_ms=latency, usage=ctx.usage, calls=ctx.calls)
+
+
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` gives a coroutine: an ``async def`` function, or an object whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+_LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_PID = 0
+_LOOP_GUARD = threading.Lock()
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """The process's event loop for async agents, running on its own daemon thread.
+
+    Started on first use. One loop, so that coroutines of one run (a step's
+    agent and its async fan-out branches) and long-lived async clients (an
+    ``AsyncAnthropic`` client's connection pool is bound to the loop that
+    opened it) meet on the same loop. A daemon thread: a coroutine that
+    never finishes cannot keep the process alive. Restarted in a forked child.
+    """
+    global _LOOP
+    loop = _LOOP
+    if loop is not None and loop.is_running() and _LOOP_PID == os.getpid():
+        return loop
+    with _LOOP_GUARD:
+        if _LOOP is None or not _LOOP.is_running() or _LOOP_PID != os.getpid():
+            _start_loop()
+        assert _LOOP is not None
+        return _LOOP
+
+
+def _start_loop() -> None:
+    global _LOOP, _LOOP_PID
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        loop.run_forever()
+
+    threading.Thread(target=run, name="statecraft-event-loop", daemon=True).start()
+    ready.wait()
+    _LOOP, _LOOP_PID = loop, os.getpid()
+
+
+async def _call_async(agent: Callable[..., Awaitable[object]], view: Any, ctx: Any) -> object:
+    return await agent(view, ctx)
+
+
+def _run_async_attempt(
+    agent: Callable[..., Any],
+    view: Any,
+    ctx: StepContext,
+    started: float,
+    *,
+    timeout_s: float | None,
+    lost: threading.Event,
+    abandon: Callable[[], None],
+) -> Attempt:
+    """:func:`run_attempt` for a coroutine agent: awaited on :func:`event_loop`, cancelled at its timeout."""
+    future = asyncio.run_coroutine_threadsafe(_call_async(agent, view, ctx), event_loop())
+    until = None if timeout_s is None else started + timeout_s
+    while True:
+        wait = _POLL_S if until is None else max(0.0, min(until - time.perf_counter(), _POLL_S))
+        try:
+            outcome = future.result(timeout=wait)
+        except concurrent.futures.TimeoutError:
+            if lost.is_set() or (until is not None and time.perf_counter() >= until):
+                abandon()
+                future.cancel()  # a real cancellation: CancelledError at the agent's next await
+                return Attempt(
+                    timed_out=not lost.is_set(),
+                    lost=lost.is_set(),
+                    latency_ms=_ms_since(started),
+                    usage=ctx.usage,
+                    calls=list(ctx.calls),
+                )
+            continue
+        except BaseException as exc:
+            if not is_agent_failure(exc):
+                raise
+            return Attempt(error=exc, latency_ms=_ms_since(started), usage=ctx.usage, calls=ctx.calls)
+        return Attempt(outcome=outcome, latency_ms=_ms_since(started), usage=ctx.usage, calls=ctx.calls)
 
 
 def _ms_since(started: float) -> int:

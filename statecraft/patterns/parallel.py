@@ -31,6 +31,11 @@ callable returns. So:
 - long-running workers should poll ``wctx.cancelled`` (or sleep with
   ``wctx.cancelled.wait(seconds)``) to stop early.
 
+A worker that is a coroutine function (``async def``) is awaited on the
+process's one event loop (``statecraft.execution.event_loop``) while its
+slot waits; abandoning it *cancels* it (``CancelledError`` at its next
+``await``), so async workers do not run on in the background.
+
 Daemon threads (rather than a ``concurrent.futures.ThreadPoolExecutor``,
 whose threads the interpreter joins at exit, and which cannot replace a stuck
 thread) keep one hung worker from hanging the process, e.g. the CLI, after
@@ -39,6 +44,8 @@ the step has committed.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import copy
 import hashlib
 import json
@@ -54,6 +61,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import to_jsonable_python
 
 from ..agents.base import RecordedCall, StepContext, Usage
+from ..execution import event_loop, is_async_callable
 from ..policy import RetryPolicy
 
 __all__ = [
@@ -289,6 +297,7 @@ class _Attempt:
     error: BaseException | None = None
     handled: bool = False
     input_json: Any = None
+    future: concurrent.futures.Future[Any] | None = None  # an async worker's task on the event loop
 
 
 def run_parallel(
@@ -365,7 +374,14 @@ def run_parallel(
             try:
                 # Each attempt gets its own copy: nothing a branch does to its input
                 # reaches the step's view, another branch, or a later attempt.
-                att.value = att.call.fn(copy.deepcopy(att.call.input), att.wctx)
+                given = copy.deepcopy(att.call.input)
+                if is_async_callable(att.call.fn):
+                    # On the process's one event loop; abandoning it cancels it for real.
+                    coro = att.call.fn(given, att.wctx)
+                    att.future = asyncio.run_coroutine_threadsafe(coro, event_loop())
+                    att.value = att.future.result()
+                else:
+                    att.value = att.call.fn(given, att.wctx)
             except BaseException as exc:  # a worker's failure is data for the aggregate
                 att.error = exc
             att.ended = clock()
@@ -441,6 +457,8 @@ def run_parallel(
     def abandon(att: _Attempt, status: WorkerStatus, why: str, code: str, *, may_retry: bool) -> None:
         att.handled = True
         att.wctx.cancelled.set()
+        if att.future is not None:
+            att.future.cancel()  # an async worker stops at its next await
         latency_ms = int((clock() - att.started) * 1000)
         record(att, "timeout" if status == "timeout" else "cancelled", error=why, code=code, latency_ms=latency_ms)
         retryable = may_retry and "TimeoutError" not in retry.non_retryable
