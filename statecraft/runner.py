@@ -94,6 +94,7 @@ class _Live:
     task: list[Any] = field(default_factory=list)
     visits_json: Any = KEEP  # the ``visits_json`` that ``visits`` was parsed from
     visits: dict[str, int] = field(default_factory=dict)
+    slept_at: int = -1  # the run_seq whose retry backoff was already waited out
 
     def visit_counts(self) -> dict[str, int]:
         """``{step: completions}`` of the current row, parsed once per change (do not mutate)."""
@@ -129,6 +130,26 @@ class _KnownBlobs:
                 self._seen[digest] = None
             while len(self._seen) > self._limit:
                 del self._seen[next(iter(self._seen))]
+
+
+@dataclass(frozen=True)
+class _Call:
+    """The agent call the step loop needs next: everything one attempt is made of."""
+
+    step: Step
+    view: BaseModel
+    ctx: StepContext
+    effects: EffectLog
+    timeout_s: float | None
+    deadline_cut: bool  # the timeout is what is left of the run's deadline
+    attempt: int
+
+
+@dataclass(frozen=True)
+class _Sleep:
+    """Wait this long (a durable retry backoff), then ask the loop again."""
+
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -310,37 +331,126 @@ class StepRunner:
         max_transitions: int | None = None,
         on_event: Callable[[StepReport], None] | None = None,
     ) -> RunInfo:
-        """See :meth:`statecraft.engine.Engine.advance`."""
+        """See :meth:`statecraft.engine.Engine.advance`. The synchronous driver of the step loop."""
+        live = self.begin(run_id)
+        if live is None:
+            return self._info(run_id)
+        try:
+            done = 0
+            while (max_transitions is None or done < max_transitions) and not self.stopping.is_set():
+                nxt = self.next_move(live)
+                if isinstance(nxt, _Sleep):
+                    if self.stopping.wait(nxt.seconds):
+                        break
+                    continue
+                if isinstance(nxt, _Call):
+                    result = run_attempt(
+                        nxt.step.agent, nxt.view, nxt.ctx, timeout_s=nxt.timeout_s, lost=live.lost,
+                        abandon=nxt.effects.abandon,
+                    )
+                    nxt = self.conclude(live, nxt, result)
+                if not self.committed(live, nxt, on_event):
+                    break
+                done += 1
+        finally:
+            self.end(live)
+        return self._info(run_id)
+
+    # The step loop in pieces, so that a synchronous driver (``advance``, on
+    # the caller's thread) and an asynchronous one (statecraft/aio.py, on an
+    # event loop, database work in threads) run the same loop: ``begin``,
+    # then ``next_move`` until it stops, ``conclude`` after each agent call
+    # the driver made, ``committed`` after each transition, ``end``.
+
+    def begin(self, run_id: str) -> _Live | None:
+        """Take the run's lease and read its checkpoint; ``None`` if it is not RUNNING (nothing held).
+
+        Commits one transaction (two with a takeover). Blocking (database I/O).
+
+        Raises:
+            RunNotFound, LeaseHeld, MachineLoadError, MachineMismatch: as ``Engine.advance``.
+        """
         found = read_one(self.db, _SELECT_RUN, {"run_id": run_id})
         if found is None:
             raise RunNotFound(run_id)
         peek = dict(zip(RUN_COLUMNS, found))
         if peek["status"] != RunStatus.RUNNING:
-            return self._info(run_id)
+            return None
         machine = self.engine._machine(peek)
         with self._active_lock:
             if run_id in self._active:
                 raise LeaseHeld(run_id, f"{self.engine.owner} (another thread)", str(peek["lease_expires_at"]))
             self._active.add(run_id)
+        live: _Live | None = None
         try:
             acquired = self._take(run_id, machine)
             if acquired is None:
-                return self._info(run_id)
+                return None
             row, body, since = acquired
             lost = self.keeper.hold(run_id)
             try:
                 live = self._open(machine, row, body, since, lost)
-                if live is not None:
-                    self._loop(live, max_transitions, on_event)
-                    row = live.row
             finally:
-                self.keeper.drop(run_id)
-                if row.get("lease_owner") == self.engine.owner:
-                    self.release(run_id)
+                if live is None:
+                    self._let_go(run_id, row)
+            return live
+        finally:
+            if live is None:
+                with self._active_lock:
+                    self._active.discard(run_id)
+
+    def end(self, live: _Live) -> None:
+        """Stop renewing the lease and release it if still held. Blocking (one transaction)."""
+        run_id = live.row["run_id"]
+        try:
+            self._let_go(run_id, live.row)
         finally:
             with self._active_lock:
                 self._active.discard(run_id)
-        return self._info(run_id)
+
+    def _let_go(self, run_id: str, row: Mapping[str, Any]) -> None:
+        self.keeper.drop(run_id)
+        if row.get("lease_owner") == self.engine.owner:
+            self.release(run_id)
+
+    def next_move(self, live: _Live) -> _Call | _Sleep | Committed | None:
+        """What the run needs next: an agent call, a backoff to wait out, or a system decision (committed).
+
+        ``None``: stop (lease lost, not RUNNING, or a system decision found
+        the run moved). Blocking: a system decision commits a transaction.
+        """
+        row, machine = live.row, live.machine
+        if live.lost.is_set() or row["status"] != RunStatus.RUNNING:
+            return None
+        clock = self.engine._clock
+        if row["wake_at"] and live.slept_at != row["run_seq"]:
+            # Retry backoff, durable in the row so a resumed run honours it.
+            live.slept_at = row["run_seq"]
+            wait_s = (parse_utc(row["wake_at"]) - clock()).total_seconds()
+            return _Sleep(wait_s) if wait_s > 0 else self.next_move(live)
+        step = machine.steps[row["step"]]
+        now_dt = clock()
+        exceeded = check(live.limits, row, step.name, now=now_dt, running_since=live.running_since)
+        if exceeded is not None:
+            return self._over_budget(live, step, exceeded)
+        if row["takeovers"] >= self.crash_loop_limit:
+            return self._system_fail(
+                row, "crash_loop",
+                f"step {step.name!r} was taken over {row['takeovers']} times without completing "
+                "(its process keeps dying); fix the cause, then retry the run",
+            )
+        return self._prepare(live, step, now_dt)
+
+    def committed(
+        self, live: _Live, committed: Committed | None, on_event: Callable[[StepReport], None] | None
+    ) -> bool:
+        """Take in a committed transition (``None``: nothing was); whether the loop goes on."""
+        if committed is None:
+            return False  # the run moved on (cancelled, taken over), or the attempt was abandoned
+        live.row = committed.run
+        if on_event is not None:
+            on_event(self._report(live.row["run_id"], committed.event, committed.event["latency_ms"] or 0))
+        return True
 
     def _info(self, run_id: str) -> RunInfo:
         """``Engine.get``, read on the writer connection, whose cache holds the pages just written."""
@@ -362,46 +472,10 @@ class StepRunner:
             lost=lost,
         )
 
-    def _loop(
-        self, live: _Live, max_transitions: int | None, on_event: Callable[[StepReport], None] | None
-    ) -> None:
-        machine, clock = live.machine, self.engine._clock
-        done = 0
-        slept_at = -1
-        while (max_transitions is None or done < max_transitions) and not self.stopping.is_set():
-            row = live.row
-            if live.lost.is_set() or row["status"] != RunStatus.RUNNING:
-                return
-            if row["wake_at"] and slept_at != row["run_seq"]:
-                # Retry backoff, durable in the row so a resumed run honours it.
-                slept_at = row["run_seq"]
-                wait_s = (parse_utc(row["wake_at"]) - clock()).total_seconds()
-                if wait_s > 0 and self.stopping.wait(wait_s):
-                    return
-                continue
-            step = machine.steps[row["step"]]
-            now_dt = clock()
-            exceeded = check(live.limits, row, step.name, now=now_dt, running_since=live.running_since)
-            if exceeded is not None:
-                committed = self._over_budget(live, step, exceeded)
-            elif row["takeovers"] >= self.crash_loop_limit:
-                committed = self._system_fail(
-                    row, "crash_loop",
-                    f"step {step.name!r} was taken over {row['takeovers']} times without completing "
-                    "(its process keeps dying); fix the cause, then retry the run",
-                )
-            else:
-                committed = self._step(live, step, now_dt)
-            if committed is None:
-                return  # the run moved on (cancelled, taken over), or the attempt was abandoned
-            live.row = committed.run
-            done += 1
-            if on_event is not None:
-                on_event(self._report(row["run_id"], committed.event, committed.event["latency_ms"] or 0))
-
     # -- one attempt ----------------------------------------------------------------
 
-    def _step(self, live: _Live, step: Step, now_dt: datetime) -> Committed | None:
+    def _prepare(self, live: _Live, step: Step, now_dt: datetime) -> _Call:
+        """The next attempt at ``step``: its fresh read-only view, context and timeout. No I/O."""
         machine, row = live.machine, live.row
         run_id = row["run_id"]
         attempt = row["attempts"] + 1
@@ -425,13 +499,20 @@ class StepRunner:
             left = live.limits.deadline_ms / 1000 - (now_dt - live.running_since).total_seconds()
             if timeout_s is None or left < timeout_s:
                 timeout_s, deadline_cut = max(left, 0.0), True
-        result = run_attempt(
-            step.agent, view, ctx, timeout_s=timeout_s, lost=live.lost, abandon=effects.abandon
-        )
+        return _Call(step, view, ctx, effects, timeout_s, deadline_cut, attempt)
+
+    def conclude(self, live: _Live, call: _Call, result: Attempt) -> Committed | None:
+        """Judge what one attempt produced and commit it. Blocking (one transaction).
+
+        Returns:
+            The committed transition; ``None`` if the attempt was abandoned
+            with the lease, or the run moved meanwhile (nothing written).
+        """
+        machine, step, view, attempt = live.machine, call.step, call.view, call.attempt
         if result.lost:
             return None
         view_is_state = step.reads is None  # the input is the whole state, stored already
-        if result.timed_out and deadline_cut:
+        if result.timed_out and call.deadline_cut:
             elapsed = ms(self.engine._clock() - live.running_since) if live.running_since else 0
             exceeded = Exceeded("deadline", live.limits.deadline_ms or 0, elapsed, step.name)
             return self._over_budget(live, step, exceeded, result, view, attempt)
@@ -440,7 +521,7 @@ class StepRunner:
             # never retried, no error edge (DESIGN.md invariant 1).
             judged: Any = IllegalOutcome("state_mutation", str(result.error))
         elif result.timed_out or result.error is not None:
-            return self._attempt_failed(live, step, view, result, attempt, effects.used)
+            return self._attempt_failed(live, step, view, result, attempt, call.effects.used)
         else:
             mutated = machine.mutated_fields(step.name, view, live.state)
             if mutated:
@@ -451,7 +532,9 @@ class StepRunner:
                 )
             else:
                 judged = machine.apply(step.name, live.state, result.outcome)
-        return self._commit_outcome(live, step, view if not view_is_state else None, judged, result, attempt, effects.used)
+        return self._commit_outcome(
+            live, step, view if not view_is_state else None, judged, result, attempt, call.effects.used
+        )
 
     def _agent_fields(
         self, tx: Tx, live: _Live, step: Step, view: BaseModel | None, result: Attempt, attempt: int,
