@@ -22,6 +22,7 @@ from .agents.errors import (
     LLMUnavailable,
 )
 from .agents.pricing import ModelPrice
+from .aio import AsyncEngine
 from .engine import Engine, StepReport
 from .errors import (
     ApprovalMismatch,
@@ -55,6 +56,8 @@ __all__ = [
     "ApprovalMismatch",
     "ApprovalPolicy",
     "ApprovalRefused",
+    "AsyncClaudeAgent",
+    "AsyncEngine",
     "AuditEvent",
     "Budget",
     "ClaudeAgent",
@@ -108,8 +111,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # ClaudeAgent is imported lazily: importing the anthropic SDK takes seconds,
     # and neither `import statecraft` nor the CLI should pay that unless used.
-    if name == "ClaudeAgent":
-        from .agents.claude import ClaudeAgent
+    if name in ("ClaudeAgent", "AsyncClaudeAgent"):
+        from .agents import claude
 
-        return ClaudeAgent
+        return getattr(claude, name)
     raise AttributeError(f"module 'statecraft' has no attribute {name!r}")

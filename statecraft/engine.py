@@ -182,6 +182,11 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def runner(self) -> StepRunner:
+        """This engine's step loop (statecraft/runner.py), which drivers such as ``AsyncEngine`` share."""
+        return self._runner
+
     def register(self, machine: Machine[Any]) -> None:
         """Make ``machine`` available to advance runs recorded with its digest."""
         self._machines[machine.digest] = machine

@@ -32,7 +32,6 @@ the effect once. docs/reliability.md explains the choice.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import inspect
 import json
 import os
@@ -52,6 +51,7 @@ __all__ = [
     "Attempt",
     "AttemptAbandoned",
     "EffectLog",
+    "attempt_async",
     "event_loop",
     "is_agent_failure",
     "is_async_callable",
@@ -135,7 +135,7 @@ def run_attempt(
     """
     started = time.perf_counter()
     if is_async_callable(agent):
-        return _run_async_attempt(agent, view, ctx, started, timeout_s=timeout_s, lost=lost, abandon=abandon)
+        return _run_async_attempt(agent, view, ctx, timeout_s=timeout_s, lost=lost, abandon=abandon)
     if timeout_s is None:
         try:
             outcome = agent(view, ctx)
@@ -224,44 +224,75 @@ def _start_loop() -> None:
     _LOOP, _LOOP_PID = loop, os.getpid()
 
 
-async def _call_async(agent: Callable[..., Awaitable[object]], view: Any, ctx: Any) -> object:
-    return await agent(view, ctx)
+async def attempt_async(
+    agent: Callable[..., Awaitable[object]],
+    view: Any,
+    ctx: StepContext,
+    *,
+    timeout_s: float | None,
+    lost: threading.Event,
+    abandon: Callable[[], None],
+) -> Attempt:
+    """One attempt of a coroutine agent, awaited on the running loop; cancelled at its timeout.
+
+    The one timeout/abandon implementation for coroutines: the synchronous
+    engine runs it on :func:`event_loop`, :class:`statecraft.aio.AsyncEngine`
+    on the service's own loop. Every ``_POLL_S`` it also looks at ``lost``
+    (the engine's lease is gone): then, as at the timeout, it calls
+    ``abandon`` (no new ``ctx.once`` effects) and cancels the coroutine.
+
+    Returns:
+        The attempt's result; never raises for the agent's own failure.
+
+    Raises:
+        StatecraftError, KeyboardInterrupt, SystemExit, asyncio.CancelledError:
+            as raised by the agent, when not an attempt failure.
+    """
+    started = time.perf_counter()
+    task = asyncio.ensure_future(agent(view, ctx))
+    until = None if timeout_s is None else started + timeout_s
+    while True:
+        wait = _POLL_S if until is None else max(0.0, min(until - time.perf_counter(), _POLL_S))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=wait)
+        except asyncio.CancelledError:
+            # The driver itself was cancelled (a service shutting down): the agent goes too.
+            abandon()
+            task.cancel()
+            raise
+        if done:
+            break
+        if lost.is_set() or (until is not None and time.perf_counter() >= until):
+            abandon()
+            task.cancel()  # a real cancellation: CancelledError at the agent's next await
+            return Attempt(
+                timed_out=not lost.is_set(),
+                lost=lost.is_set(),
+                latency_ms=_ms_since(started),
+                usage=ctx.usage,
+                calls=list(ctx.calls),
+            )
+    try:
+        outcome = task.result()
+    except BaseException as exc:
+        if not is_agent_failure(exc):
+            raise
+        return Attempt(error=exc, latency_ms=_ms_since(started), usage=ctx.usage, calls=ctx.calls)
+    return Attempt(outcome=outcome, latency_ms=_ms_since(started), usage=ctx.usage, calls=ctx.calls)
 
 
 def _run_async_attempt(
     agent: Callable[..., Any],
     view: Any,
     ctx: StepContext,
-    started: float,
     *,
     timeout_s: float | None,
     lost: threading.Event,
     abandon: Callable[[], None],
 ) -> Attempt:
-    """:func:`run_attempt` for a coroutine agent: awaited on :func:`event_loop`, cancelled at its timeout."""
-    future = asyncio.run_coroutine_threadsafe(_call_async(agent, view, ctx), event_loop())
-    until = None if timeout_s is None else started + timeout_s
-    while True:
-        wait = _POLL_S if until is None else max(0.0, min(until - time.perf_counter(), _POLL_S))
-        try:
-            outcome = future.result(timeout=wait)
-        except concurrent.futures.TimeoutError:
-            if lost.is_set() or (until is not None and time.perf_counter() >= until):
-                abandon()
-                future.cancel()  # a real cancellation: CancelledError at the agent's next await
-                return Attempt(
-                    timed_out=not lost.is_set(),
-                    lost=lost.is_set(),
-                    latency_ms=_ms_since(started),
-                    usage=ctx.usage,
-                    calls=list(ctx.calls),
-                )
-            continue
-        except BaseException as exc:
-            if not is_agent_failure(exc):
-                raise
-            return Attempt(error=exc, latency_ms=_ms_since(started), usage=ctx.usage, calls=ctx.calls)
-        return Attempt(outcome=outcome, latency_ms=_ms_since(started), usage=ctx.usage, calls=ctx.calls)
+    """:func:`run_attempt` for a coroutine agent: :func:`attempt_async` on :func:`event_loop`."""
+    coro = attempt_async(agent, view, ctx, timeout_s=timeout_s, lost=lost, abandon=abandon)
+    return asyncio.run_coroutine_threadsafe(coro, event_loop()).result()
 
 
 def _ms_since(started: float) -> int:

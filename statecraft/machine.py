@@ -375,7 +375,7 @@ class Machine(Generic[S]):
             definitions: dict[str, Any] = {
                 f: (model_fields[f].annotation, model_fields[f]) for f in step.reads
             }
-            view = create_model(  # type: ignore[call-overload]
+            view = create_model(
                 f"{self.state_model.__name__}View_{suffix}", __base__=_ReadOnlyView, **definitions
             )
             fields = set(step.reads)

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from .engine import Engine, StepReport
     from .views import RunInfo
 
-__all__ = ["StepRunner"]
+__all__ = ["AgentCall", "Backoff", "StepRunner"]
 
 _SELECT_RUN: Final = f"SELECT {', '.join(RUN_COLUMNS)} FROM run WHERE run_id = :run_id"
 _SELECT_BLOB: Final = "SELECT body FROM blob WHERE sha256 = :sha"
@@ -133,8 +133,13 @@ class _KnownBlobs:
 
 
 @dataclass(frozen=True)
-class _Call:
-    """The agent call the step loop needs next: everything one attempt is made of."""
+class AgentCall:
+    """The agent call the step loop needs next: everything one attempt is made of.
+
+    Returned by :meth:`StepRunner.next_move`; the driver makes the call
+    (``run_attempt`` or ``attempt_async``) and hands the result to
+    :meth:`StepRunner.conclude`.
+    """
 
     step: Step
     view: BaseModel
@@ -146,7 +151,7 @@ class _Call:
 
 
 @dataclass(frozen=True)
-class _Sleep:
+class Backoff:
     """Wait this long (a durable retry backoff), then ask the loop again."""
 
     seconds: float
@@ -339,11 +344,11 @@ class StepRunner:
             done = 0
             while (max_transitions is None or done < max_transitions) and not self.stopping.is_set():
                 nxt = self.next_move(live)
-                if isinstance(nxt, _Sleep):
+                if isinstance(nxt, Backoff):
                     if self.stopping.wait(nxt.seconds):
                         break
                     continue
-                if isinstance(nxt, _Call):
+                if isinstance(nxt, AgentCall):
                     result = run_attempt(
                         nxt.step.agent, nxt.view, nxt.ctx, timeout_s=nxt.timeout_s, lost=live.lost,
                         abandon=nxt.effects.abandon,
@@ -413,7 +418,7 @@ class StepRunner:
         if row.get("lease_owner") == self.engine.owner:
             self.release(run_id)
 
-    def next_move(self, live: _Live) -> _Call | _Sleep | Committed | None:
+    def next_move(self, live: _Live) -> AgentCall | Backoff | Committed | None:
         """What the run needs next: an agent call, a backoff to wait out, or a system decision (committed).
 
         ``None``: stop (lease lost, not RUNNING, or a system decision found
@@ -427,7 +432,7 @@ class StepRunner:
             # Retry backoff, durable in the row so a resumed run honours it.
             live.slept_at = row["run_seq"]
             wait_s = (parse_utc(row["wake_at"]) - clock()).total_seconds()
-            return _Sleep(wait_s) if wait_s > 0 else self.next_move(live)
+            return Backoff(wait_s) if wait_s > 0 else self.next_move(live)
         step = machine.steps[row["step"]]
         now_dt = clock()
         exceeded = check(live.limits, row, step.name, now=now_dt, running_since=live.running_since)
@@ -474,7 +479,7 @@ class StepRunner:
 
     # -- one attempt ----------------------------------------------------------------
 
-    def _prepare(self, live: _Live, step: Step, now_dt: datetime) -> _Call:
+    def _prepare(self, live: _Live, step: Step, now_dt: datetime) -> AgentCall:
         """The next attempt at ``step``: its fresh read-only view, context and timeout. No I/O."""
         machine, row = live.machine, live.row
         run_id = row["run_id"]
@@ -499,9 +504,9 @@ class StepRunner:
             left = live.limits.deadline_ms / 1000 - (now_dt - live.running_since).total_seconds()
             if timeout_s is None or left < timeout_s:
                 timeout_s, deadline_cut = max(left, 0.0), True
-        return _Call(step, view, ctx, effects, timeout_s, deadline_cut, attempt)
+        return AgentCall(step, view, ctx, effects, timeout_s, deadline_cut, attempt)
 
-    def conclude(self, live: _Live, call: _Call, result: Attempt) -> Committed | None:
+    def conclude(self, live: _Live, call: AgentCall, result: Attempt) -> Committed | None:
         """Judge what one attempt produced and commit it. Blocking (one transaction).
 
         Returns:

@@ -15,6 +15,6 @@ def test_every_python_block_of_the_page_runs(page: str, tmp_path: Path, monkeypa
     monkeypatch.chdir(tmp_path)
     blocks = re.findall(r"```python\n(.+?)```", (DOCS / page).read_text(), re.S)
     assert blocks, f"{page} has no python examples"
-    namespace: dict[str, object] = {}
+    namespace: dict[str, object] = {"__file__": str(tmp_path / "docs_example.py")}
     for block in blocks:
         exec(compile(block, str(DOCS / page), "exec"), namespace)

@@ -14,6 +14,8 @@ EXPECTED = [
     "ApprovalMismatch",
     "ApprovalPolicy",
     "ApprovalRefused",
+    "AsyncClaudeAgent",
+    "AsyncEngine",
     "AuditEvent",
     "Budget",
     "ClaudeAgent",

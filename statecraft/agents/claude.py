@@ -58,9 +58,11 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from string import Template
@@ -71,7 +73,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import DefinitionError
 from ..outcomes import Fail, Outcome
 from .base import StepContext, Usage
-from .errors import LLMAuthError, LLMProtocolError, _convert, _sdk_errors
+from .errors import LLMAuthError, LLMError, LLMProtocolError, _convert, _sdk_errors
 
 if TYPE_CHECKING:
     import anthropic
@@ -94,7 +96,7 @@ def _anthropic() -> Any:
     return anthropic
 from .pricing import ModelPrice, TokenCounts, cost_micros
 
-__all__ = ["ClaudeAgent", "StructuredOutput"]
+__all__ = ["AsyncClaudeAgent", "ClaudeAgent", "StructuredOutput"]
 
 O = TypeVar("O", bound=BaseModel)
 
@@ -327,14 +329,14 @@ class ClaudeAgent(Generic[O]):
             client = self._client if self._client is not None else self._build_client()
             response = client.messages.create(**params, timeout=self.timeout.total_seconds())
         except _sdk_errors() as exc:
-            raise _convert(
-                exc,
-                run_id=ctx.run_id,
-                step=ctx.step,
-                agent_name=self.agent_name,
-                model_id=self.model,
-            ) from exc
+            raise self._error(exc, ctx) from exc
+        return self._conclude(response, state, ctx)
 
+    def _error(self, exc: BaseException, ctx: StepContext) -> LLMError:
+        return _convert(exc, run_id=ctx.run_id, step=ctx.step, agent_name=self.agent_name, model_id=self.model)
+
+    def _conclude(self, response: Any, state: Any, ctx: StepContext) -> Outcome:
+        """Record usage, validate the answer and decide; shared by the sync and async calls."""
         content = getattr(response, "content", None)
         if not isinstance(content, list):
             raise LLMProtocolError(
@@ -407,7 +409,7 @@ class ClaudeAgent(Generic[O]):
                 f"first at {loc!r}: {first['msg']}{cut}"
             )
 
-    def _build_client(self) -> anthropic.Anthropic:
+    def _build_client(self) -> Any:
         # Built on first use, not at construction: loading a machine (CLI
         # ``graph``, ``status``) must not need credentials. Cached afterwards so
         # connections are reused across steps.
@@ -451,6 +453,58 @@ class ClaudeAgent(Generic[O]):
             f"<ClaudeAgent {self.agent_name} v{self.agent_version} model={self.model} "
             f"prompt={self.prompt_version}>"
         )
+
+
+class AsyncClaudeAgent(ClaudeAgent[O]):
+    """A :class:`ClaudeAgent` whose call is a coroutine, through ``anthropic.AsyncAnthropic``.
+
+    Same arguments, request, validation, usage and errors as ``ClaudeAgent``;
+    the engine awaits it (statecraft/execution.py): ``AsyncEngine`` on the
+    service's loop, ``Engine`` on the process's event loop, so no thread
+    waits on the HTTP call, and a step timeout cancels the request. One
+    ``AsyncAnthropic`` client per event loop (an async client's connection
+    pool belongs to the loop that opened it), built on first use; pass
+    ``client=`` an ``AsyncAnthropic`` to use your own.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    async def __call__(self, state: Any, ctx: StepContext, /) -> Outcome:  # type: ignore[override]
+        """Call Claude once for this step and decide the outcome (awaitable).
+
+        Raises:
+            LLMError: the call failed (retryable or not, per its class).
+            LLMProtocolError: the API answered with something that is not a Messages API response.
+        """
+        params = self.request(state, ctx.task)
+        try:
+            client = self._client if self._client is not None else self._async_client()
+            response = await client.messages.create(**params, timeout=self.timeout.total_seconds())
+        except _sdk_errors() as exc:
+            raise self._error(exc, ctx) from exc
+        return self._conclude(response, state, ctx)
+
+    def _async_client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            client = _anthropic().AsyncAnthropic(
+                api_key=self._api_key,
+                base_url=self._base_url,
+                max_retries=0,
+                timeout=self.timeout.total_seconds(),
+            )
+            if not (client.api_key or client.auth_token) and getattr(client, "_token_cache", ...) is None:
+                raise LLMAuthError(
+                    f"{self.model}: authentication failed: no credentials; set ANTHROPIC_API_KEY "
+                    "(or pass api_key= or client= to the AsyncClaudeAgent)",
+                    agent_name=self.agent_name,
+                    model_id=self.model,
+                )
+            self._async_clients[loop] = client
+        return client
 
 
 def _state_json(state: Any) -> str:

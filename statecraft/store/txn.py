@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from operator import itemgetter
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, TextClause, text
 
@@ -197,15 +197,15 @@ _GROUP_MAX = 64  # units per transaction: bounds a batch's latency and a rollbac
 T = TypeVar("T")
 
 
-class _Unit:
+class _Unit(Generic[T]):
     """One caller's unit of work waiting for (or in) a group transaction."""
 
     __slots__ = ("done", "error", "result", "work")
 
-    def __init__(self, work: Callable[[Tx], Any]) -> None:
+    def __init__(self, work: Callable[[Tx], T]) -> None:
         self.work = work
         self.done = False
-        self.result: Any = None
+        self.result: T | None = None
         self.error: BaseException | None = None
 
 
@@ -216,7 +216,7 @@ class _Group:
 
     def __init__(self) -> None:
         self.cond = threading.Condition(threading.Lock())
-        self.pending: list[_Unit] = []
+        self.pending: list[_Unit[Any]] = []
         self.leading = False
 
 
@@ -258,7 +258,7 @@ def group_write(db: Database, work: Callable[[Tx], T]) -> T:
     db._check_open()
     writer = _writer(db)
     group = writer.group
-    unit = _Unit(work)
+    unit: _Unit[T] = _Unit(work)
     with group.cond:
         group.pending.append(unit)
         while group.leading and not unit.done:
@@ -276,13 +276,13 @@ def group_write(db: Database, work: Callable[[Tx], T]) -> T:
     return _settled(unit)
 
 
-def _settled(unit: _Unit) -> Any:
+def _settled(unit: _Unit[T]) -> T:
     if unit.error is not None:
         raise unit.error
-    return unit.result
+    return unit.result  # type: ignore[return-value]  # set whenever error is None
 
 
-def _run_batch(db: Database, writer: _Writer, batch: list[_Unit]) -> None:
+def _run_batch(db: Database, writer: _Writer, batch: list[_Unit[Any]]) -> None:
     """One transaction for ``batch``; every unit ends ``done`` with its result or error."""
     try:
         with _WriteTx(db, writer) as tx:
