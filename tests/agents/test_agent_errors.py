@@ -264,23 +264,27 @@ def test_a_policy_can_still_refuse_to_retry_a_retryable_class_by_name() -> None:
 
 
 def test_convert_is_called_in_exactly_one_place_and_its_result_raised_from_the_sdk_error() -> None:
+    # One boundary: ClaudeAgent._error is the only caller of _convert, and every
+    # raise of its result (sync and async calls) chains the SDK error.
     import ast
     from pathlib import Path
 
     import statecraft
 
     package = Path(statecraft.__file__).parent
-    calls: list[tuple[Path, ast.AST]] = []
+    converts: list[str] = []
+    raises: list[ast.Raise] = []
     for path in package.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
-                func = node.exc.func
-                if getattr(func, "id", getattr(func, "attr", None)) == "_convert":
-                    calls.append((path.relative_to(package), node))
-            elif isinstance(node, ast.Call):
-                func = node.func
-                if getattr(func, "id", getattr(func, "attr", None)) == "_convert":
-                    calls.append((path.relative_to(package), node))
-    raises = [node for _, node in calls if isinstance(node, ast.Raise)]
-    assert len(raises) == 1 and len(calls) == 2, calls  # the Raise and the Call inside it
-    assert isinstance(raises[0].cause, ast.Name) and raises[0].cause.id == "exc"
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "_convert":
+                    converts.append(f"{path.relative_to(package)}:{fn.name}")
+                if (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
+                        and getattr(node.exc.func, "attr", None) == "_error"):
+                    raises.append(node)
+    assert converts == ["agents/claude.py:_error"], converts
+    assert len(raises) == 2  # ClaudeAgent.__call__ and AsyncClaudeAgent.__call__
+    assert all(isinstance(r.cause, ast.Name) and r.cause.id == "exc" for r in raises)
