@@ -25,12 +25,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
+import threading
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
 from .engine import Engine, StepReport
-from .execution import attempt_async, is_async_callable, run_attempt
+from .execution import Attempt, attempt_async, is_async_callable, run_attempt
 from .lifecycle import RunStatus
 from .machine import Machine
 from .runner import AgentCall, Backoff
@@ -177,39 +178,43 @@ class AsyncEngine:
             RunNotFound, LeaseHeld, MachineLoadError, MachineMismatch: as :meth:`Engine.advance`.
         """
         runner = self.engine.runner
-        live = await asyncio.to_thread(runner.begin, run_id)
-        if live is None:
+        with runner.run_span(run_id):
+            live = await asyncio.to_thread(runner.begin, run_id)
+            if live is None:
+                return await self.get(run_id)
+            try:
+                done = 0
+                while (max_transitions is None or done < max_transitions) and not runner.stopping.is_set():
+                    with runner.step_span(live) as step_span:
+                        nxt = await asyncio.to_thread(runner.next_move, live)
+                        if isinstance(nxt, Backoff):
+                            await asyncio.sleep(nxt.seconds)
+                            continue
+                        if isinstance(nxt, AgentCall):
+                            with runner.attempt_span(live, nxt) as attempt_span:
+                                result = await self._attempt(nxt, live.lost)
+                                runner.note_attempt(attempt_span, result)
+                            nxt = await asyncio.to_thread(runner.conclude, live, nxt, result)
+                        if not runner.committed(live, nxt, on_event, step_span):
+                            break
+                    done += 1
+            finally:
+                await asyncio.shield(asyncio.to_thread(runner.end, live))
             return await self.get(run_id)
-        try:
-            done = 0
-            while (max_transitions is None or done < max_transitions) and not runner.stopping.is_set():
-                nxt = await asyncio.to_thread(runner.next_move, live)
-                if isinstance(nxt, Backoff):
-                    await asyncio.sleep(nxt.seconds)
-                    continue
-                if isinstance(nxt, AgentCall):
-                    agent = nxt.step.agent
-                    if is_async_callable(agent):
-                        result = await attempt_async(
-                            agent,  # type: ignore[arg-type]  # a coroutine function: is_async_callable
-                            nxt.view, nxt.ctx, timeout_s=nxt.timeout_s, lost=live.lost,
-                            abandon=nxt.effects.abandon,
-                        )
-                    else:
-                        call = nxt
-                        result = await asyncio.to_thread(
-                            lambda: run_attempt(
-                                agent, call.view, call.ctx, timeout_s=call.timeout_s, lost=live.lost,
-                                abandon=call.effects.abandon,
-                            )
-                        )
-                    nxt = await asyncio.to_thread(runner.conclude, live, nxt, result)
-                if not runner.committed(live, nxt, on_event):
-                    break
-                done += 1
-        finally:
-            await asyncio.shield(asyncio.to_thread(runner.end, live))
-        return await self.get(run_id)
+
+    @staticmethod
+    async def _attempt(call: AgentCall, lost: threading.Event) -> Attempt:
+        """One attempt: a coroutine agent on this loop, a plain one in a thread for its call only."""
+        agent = call.step.agent
+        if is_async_callable(agent):
+            return await attempt_async(
+                agent,  # type: ignore[arg-type]  # a coroutine function: is_async_callable
+                call.view, call.ctx, timeout_s=call.timeout_s, lost=lost, abandon=call.effects.abandon,
+            )
+        return await asyncio.to_thread(
+            run_attempt, agent, call.view, call.ctx, timeout_s=call.timeout_s, lost=lost,
+            abandon=call.effects.abandon,
+        )
 
     async def resume(
         self, run_id: str, *, on_event: Callable[[StepReport], None] | None = None

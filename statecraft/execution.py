@@ -32,20 +32,24 @@ the effect once. docs/reliability.md explains the choice.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import json
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .agents.base import RecordedCall, StepContext, Usage
 from .errors import StatecraftError
 from .store.blobs import sha256_hex
 from .store.db import Database
 from .store.txn import write_tx
+from .tracing import copy_context, span
+
+T = TypeVar("T")
 
 __all__ = [
     "Attempt",
@@ -56,6 +60,7 @@ __all__ = [
     "is_agent_failure",
     "is_async_callable",
     "run_attempt",
+    "submit",
 ]
 
 # How often a waiting engine looks at its lease while a timed agent runs.
@@ -156,7 +161,11 @@ def run_attempt(
         finally:
             done.set()
 
-    worker = threading.Thread(target=target, name=f"statecraft-agent-{ctx.step}", daemon=True)
+    # In a copy of this thread's context, so the agent's own spans (an SDK's
+    # LLM span included) nest under its attempt instead of starting a new trace.
+    worker = threading.Thread(
+        target=copy_context().run, args=(target,), name=f"statecraft-agent-{ctx.step}", daemon=True
+    )
     worker.start()
     until = started + timeout_s
     while not done.wait(max(0.0, min(until - time.perf_counter(), _POLL_S))):
@@ -292,7 +301,22 @@ def _run_async_attempt(
 ) -> Attempt:
     """:func:`run_attempt` for a coroutine agent: :func:`attempt_async` on :func:`event_loop`."""
     coro = attempt_async(agent, view, ctx, timeout_s=timeout_s, lost=lost, abandon=abandon)
-    return asyncio.run_coroutine_threadsafe(coro, event_loop()).result()
+    return submit(coro).result()
+
+
+def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    """Run ``coro`` on :func:`event_loop` in a copy of the calling thread's context; its future.
+
+    ``asyncio.run_coroutine_threadsafe`` alone would run it in the loop
+    thread's context, so a span open here (the step's attempt) would not be
+    its parent. Cancelling the returned future cancels the coroutine.
+    """
+    context = copy_context()
+
+    async def in_context() -> T:
+        return await asyncio.get_running_loop().create_task(coro, context=context)
+
+    return asyncio.run_coroutine_threadsafe(in_context(), event_loop())
 
 
 def _ms_since(started: float) -> int:
@@ -345,7 +369,12 @@ class EffectLog:
             return self._use(name, key, row[0], replayed=True)
         if self.abandoned:
             raise AttemptAbandoned(f"side effect {name!r} not started: the attempt was abandoned")
-        result = fn(key)
+        with span(f"execute_tool {name}", {
+            "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name,
+            "statecraft.run_id": self._run_id, "statecraft.step": self._step,
+            "statecraft.idempotency_key": key,
+        }):
+            result = fn(key)
         try:
             body = json.dumps(result, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         except (TypeError, ValueError) as exc:

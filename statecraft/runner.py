@@ -36,10 +36,12 @@ SQLite's own floor.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -58,6 +60,7 @@ from .outcomes import Fail, Finish, Goto, RequestApproval
 from .policy import ms
 from .store.blobs import blob_json, sha256_hex
 from .store.txn import Tx, group_write, read_one, read_tx, tx_of, write_tx
+from .tracing import SpanHandle, span
 from .transition import KEEP, RUN_COLUMNS, Committed, RunMoved, write_transition
 
 if TYPE_CHECKING:
@@ -102,6 +105,33 @@ class _Live:
         if raw is not self.visits_json:
             self.visits, self.visits_json = visits_of(self.row), raw
         return self.visits
+
+
+_log = logging.getLogger("statecraft.engine")
+
+# Which committed events an operator wants to hear about, at which level;
+# every other transition is DEBUG (the ledger has them all).
+_LOG_LEVELS: Final = {
+    "run.failed": logging.WARNING,
+    "lease.taken_over": logging.WARNING,
+    "step.attempt_failed": logging.INFO,
+    "approval.requested": logging.INFO,
+    "run.completed": logging.INFO,
+    "step.error_edge": logging.INFO,
+}
+
+
+def _log_committed(event: Mapping[str, Any]) -> None:
+    level = _LOG_LEVELS.get(event["event_type"], logging.DEBUG)
+    if not _log.isEnabledFor(level):
+        return
+    fields = {
+        k: event[k] for k in (
+            "run_id", "run_seq", "seq", "event_type", "from_step", "to_step", "to_status",
+            "error_code", "reason", "latency_ms", "attempt",
+        ) if event.get(k) is not None
+    }
+    _log.log(level, event["event_type"], extra={"fields": fields})
 
 
 class _KnownBlobs:
@@ -337,29 +367,33 @@ class StepRunner:
         on_event: Callable[[StepReport], None] | None = None,
     ) -> RunInfo:
         """See :meth:`statecraft.engine.Engine.advance`. The synchronous driver of the step loop."""
-        live = self.begin(run_id)
-        if live is None:
+        with self.run_span(run_id):
+            live = self.begin(run_id)
+            if live is None:
+                return self._info(run_id)
+            try:
+                done = 0
+                while (max_transitions is None or done < max_transitions) and not self.stopping.is_set():
+                    with self.step_span(live) as step_span:
+                        nxt = self.next_move(live)
+                        if isinstance(nxt, Backoff):
+                            if self.stopping.wait(nxt.seconds):
+                                break
+                            continue
+                        if isinstance(nxt, AgentCall):
+                            with self.attempt_span(live, nxt) as attempt_span:
+                                result = run_attempt(
+                                    nxt.step.agent, nxt.view, nxt.ctx, timeout_s=nxt.timeout_s,
+                                    lost=live.lost, abandon=nxt.effects.abandon,
+                                )
+                                self.note_attempt(attempt_span, result)
+                            nxt = self.conclude(live, nxt, result)
+                        if not self.committed(live, nxt, on_event, step_span):
+                            break
+                    done += 1
+            finally:
+                self.end(live)
             return self._info(run_id)
-        try:
-            done = 0
-            while (max_transitions is None or done < max_transitions) and not self.stopping.is_set():
-                nxt = self.next_move(live)
-                if isinstance(nxt, Backoff):
-                    if self.stopping.wait(nxt.seconds):
-                        break
-                    continue
-                if isinstance(nxt, AgentCall):
-                    result = run_attempt(
-                        nxt.step.agent, nxt.view, nxt.ctx, timeout_s=nxt.timeout_s, lost=live.lost,
-                        abandon=nxt.effects.abandon,
-                    )
-                    nxt = self.conclude(live, nxt, result)
-                if not self.committed(live, nxt, on_event):
-                    break
-                done += 1
-        finally:
-            self.end(live)
-        return self._info(run_id)
 
     # The step loop in pieces, so that a synchronous driver (``advance``, on
     # the caller's thread) and an asynchronous one (statecraft/aio.py, on an
@@ -418,6 +452,46 @@ class StepRunner:
         if row.get("lease_owner") == self.engine.owner:
             self.release(run_id)
 
+    # -- spans (statecraft/tracing.py): one tree per advance, for both drivers ------------
+
+    def run_span(self, run_id: str) -> AbstractContextManager[SpanHandle]:
+        """The ``invoke_workflow`` span around one ``advance`` of ``run_id``."""
+        return span("invoke_workflow statecraft", {
+            "gen_ai.operation.name": "invoke_workflow", "statecraft.run_id": run_id,
+            "statecraft.engine.owner": self.engine.owner,
+        })
+
+    def step_span(self, live: _Live) -> AbstractContextManager[SpanHandle]:
+        """The span of the transition the run makes next, at its current step."""
+        row = live.row
+        return span(f"step {row['step']}", {
+            "statecraft.run_id": row["run_id"], "statecraft.step": row["step"],
+            "statecraft.machine": live.machine.name, "statecraft.machine.version": live.machine.version,
+        })
+
+    def attempt_span(self, live: _Live, call: AgentCall) -> AbstractContextManager[SpanHandle]:
+        """The ``invoke_agent`` span of one attempt (GenAI semantic conventions)."""
+        return span(f"invoke_agent {call.step.agent_name}", {
+            "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": call.step.agent_name,
+            "gen_ai.agent.version": call.step.agent_version, "statecraft.run_id": live.row["run_id"],
+            "statecraft.step": call.step.name, "statecraft.attempt": call.attempt,
+        })
+
+    @staticmethod
+    def note_attempt(attempt_span: SpanHandle, result: Attempt) -> None:
+        """Record how an attempt ended, and its usage, on its span."""
+        usage = result.usage
+        attempt_span.set_many({
+            "gen_ai.usage.input_tokens": usage.tokens_in or None,
+            "gen_ai.usage.output_tokens": usage.tokens_out or None,
+            "statecraft.cost_micros": usage.cost_micros or None,
+            "gen_ai.request.model": usage.model_id,
+        })
+        if result.timed_out or result.lost:
+            attempt_span.fail("timeout" if result.timed_out else "lease_lost")
+        elif result.error is not None:
+            attempt_span.fail(type(result.error).__name__, str(result.error)[:300])
+
     def next_move(self, live: _Live) -> AgentCall | Backoff | Committed | None:
         """What the run needs next: an agent call, a backoff to wait out, or a system decision (committed).
 
@@ -447,12 +521,23 @@ class StepRunner:
         return self._prepare(live, step, now_dt)
 
     def committed(
-        self, live: _Live, committed: Committed | None, on_event: Callable[[StepReport], None] | None
+        self, live: _Live, committed: Committed | None, on_event: Callable[[StepReport], None] | None,
+        step_span: SpanHandle | None = None,
     ) -> bool:
         """Take in a committed transition (``None``: nothing was); whether the loop goes on."""
         if committed is None:
             return False  # the run moved on (cancelled, taken over), or the attempt was abandoned
+        if step_span is not None:
+            event = committed.event
+            step_span.set_many({
+                "statecraft.audit.seq": event["seq"], "statecraft.event_type": event["event_type"],
+                "statecraft.to_step": event["to_step"], "statecraft.status": event["to_status"],
+            })
+            if event["event_type"] in ("run.failed", "step.attempt_failed"):
+                step_span.fail(event["error_code"] or "failed", event["reason"])
         live.row = committed.run
+        if _log.isEnabledFor(logging.INFO):
+            _log_committed(committed.event)
         if on_event is not None:
             on_event(self._report(live.row["run_id"], committed.event, committed.event["latency_ms"] or 0))
         return True

@@ -52,12 +52,13 @@ _COOLDOWN_S = 60.0
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per log line: ``ts`` (UTC), ``level``, ``event`` and the record's ``fields``."""
+    """One JSON object per log line: ``ts`` (UTC), ``level``, ``logger``, ``event`` and the record's ``fields``."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": format_utc(utc_now()),
             "level": record.levelname.lower(),
+            "logger": record.name,
             "event": record.getMessage(),
         }
         line.update(getattr(record, "fields", {}))
@@ -258,16 +259,24 @@ class Worker:
 
 
 def configure_logging(level: int = logging.INFO, stream: Any = None) -> Callable[[], None]:
-    """Send ``statecraft.worker`` logs to ``stream`` (stderr) as JSON lines; returns an undo function."""
+    """Send ``statecraft.*`` logs (worker and engine) to ``stream`` (stderr) as JSON lines; returns an undo.
+
+    For the ``statecraft worker`` command. An application embedding a
+    :class:`Worker` does not call it: ``statecraft.worker`` and
+    ``statecraft.engine`` records then propagate to the application's own
+    handlers, with their structured fields in ``record.fields``.
+    """
+    root = logging.getLogger("statecraft")
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
-    log.addHandler(handler)
-    previous = log.level
-    log.setLevel(level)
-    log.propagate = False
+    root.addHandler(handler)
+    previous = root.level, root.propagate
+    root.setLevel(level)
+    root.propagate = False  # the CLI's own output, not the host's handlers
 
     def undo() -> None:
-        log.removeHandler(handler)
-        log.setLevel(previous)
+        root.removeHandler(handler)
+        root.setLevel(previous[0])
+        root.propagate = previous[1]
 
     return undo

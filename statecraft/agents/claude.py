@@ -64,6 +64,7 @@ import json
 import re
 import weakref
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from string import Template
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
@@ -72,6 +73,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import DefinitionError
 from ..outcomes import Fail, Outcome
+from ..tracing import SpanHandle, span
 from .base import StepContext, Usage
 from .errors import LLMAuthError, LLMError, LLMProtocolError, _convert, _sdk_errors
 
@@ -325,12 +327,24 @@ class ClaudeAgent(Generic[O]):
                 Messages API response (retryable).
         """
         params = self.request(state, ctx.task)
-        try:
-            client = self._client if self._client is not None else self._build_client()
-            response = client.messages.create(**params, timeout=self.timeout.total_seconds())
-        except _sdk_errors() as exc:
-            raise self._error(exc, ctx) from exc
+        with self._chat_span(ctx) as chat:
+            try:
+                client = self._client if self._client is not None else self._build_client()
+                response = client.messages.create(**params, timeout=self.timeout.total_seconds())
+            except _sdk_errors() as exc:
+                raise self._error(exc, ctx) from exc
+            _note_response(chat, response)
         return self._conclude(response, state, ctx)
+
+    def _chat_span(self, ctx: StepContext) -> AbstractContextManager[SpanHandle]:
+        """The ``chat {model}`` client span of one Messages API call (OpenTelemetry GenAI conventions)."""
+        return span(f"chat {self.model}", {
+            "gen_ai.operation.name": "chat", "gen_ai.provider.name": self.model_provider,
+            "gen_ai.system": self.model_provider, "gen_ai.request.model": self.model,
+            "gen_ai.request.max_tokens": self.max_tokens, "gen_ai.agent.name": self.agent_name,
+            "statecraft.prompt_version": self.prompt_version, "statecraft.prompt_digest": self.prompt_digest,
+            "statecraft.run_id": ctx.run_id, "statecraft.step": ctx.step,
+        }, kind="client")
 
     def _error(self, exc: BaseException, ctx: StepContext) -> LLMError:
         return _convert(exc, run_id=ctx.run_id, step=ctx.step, agent_name=self.agent_name, model_id=self.model)
@@ -479,11 +493,13 @@ class AsyncClaudeAgent(ClaudeAgent[O]):
             LLMProtocolError: the API answered with something that is not a Messages API response.
         """
         params = self.request(state, ctx.task)
-        try:
-            client = self._client if self._client is not None else self._async_client()
-            response = await client.messages.create(**params, timeout=self.timeout.total_seconds())
-        except _sdk_errors() as exc:
-            raise self._error(exc, ctx) from exc
+        with self._chat_span(ctx) as chat:
+            try:
+                client = self._client if self._client is not None else self._async_client()
+                response = await client.messages.create(**params, timeout=self.timeout.total_seconds())
+            except _sdk_errors() as exc:
+                raise self._error(exc, ctx) from exc
+            _note_response(chat, response)
         return self._conclude(response, state, ctx)
 
     def _async_client(self) -> Any:
@@ -505,6 +521,18 @@ class AsyncClaudeAgent(ClaudeAgent[O]):
                 )
             self._async_clients[loop] = client
         return client
+
+
+def _note_response(chat: SpanHandle, response: Any) -> None:
+    usage = getattr(response, "usage", None)
+    stop = getattr(response, "stop_reason", None)
+    chat.set_many({
+        "gen_ai.response.model": getattr(response, "model", None),
+        "gen_ai.response.id": getattr(response, "id", None),
+        "gen_ai.response.finish_reasons": [stop] if isinstance(stop, str) else None,
+        "gen_ai.usage.input_tokens": getattr(usage, "input_tokens", None),
+        "gen_ai.usage.output_tokens": getattr(usage, "output_tokens", None),
+    })
 
 
 def _state_json(state: Any) -> str:

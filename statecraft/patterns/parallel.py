@@ -44,8 +44,8 @@ the step has committed.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
+import contextvars
 import copy
 import hashlib
 import json
@@ -61,7 +61,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import to_jsonable_python
 
 from ..agents.base import RecordedCall, StepContext, Usage
-from ..execution import event_loop, is_async_callable
+from ..execution import is_async_callable, submit
+from ..tracing import copy_context, span
 from ..policy import RetryPolicy
 
 __all__ = [
@@ -298,6 +299,7 @@ class _Attempt:
     handled: bool = False
     input_json: Any = None
     future: concurrent.futures.Future[Any] | None = None  # an async worker's task on the event loop
+    context: contextvars.Context = field(default_factory=copy_context)  # the step's, at creation
 
 
 def run_parallel(
@@ -374,14 +376,8 @@ def run_parallel(
             try:
                 # Each attempt gets its own copy: nothing a branch does to its input
                 # reaches the step's view, another branch, or a later attempt.
-                given = copy.deepcopy(att.call.input)
-                if is_async_callable(att.call.fn):
-                    # On the process's one event loop; abandoning it cancels it for real.
-                    coro = att.call.fn(given, att.wctx)
-                    att.future = asyncio.run_coroutine_threadsafe(coro, event_loop())
-                    att.value = att.future.result()
-                else:
-                    att.value = att.call.fn(given, att.wctx)
+                # In the step's context (its attempt span is the branch span's parent).
+                att.value = att.context.run(run_branch, att)
             except BaseException as exc:  # a worker's failure is data for the aggregate
                 att.error = exc
             att.ended = clock()
@@ -392,6 +388,20 @@ def run_parallel(
             if abandoned:
                 return  # a replacement slot has taken this one's place
             wake.put(att)
+
+    def run_branch(att: _Attempt) -> Any:
+        given = copy.deepcopy(att.call.input)
+        name = att.call.agent_name or att.call.key
+        with span(f"invoke_agent {name}", {
+            "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name,
+            "statecraft.run_id": ctx.run_id, "statecraft.step": ctx.step,
+            "statecraft.branch": att.call.key, "statecraft.attempt": att.attempt,
+        }):
+            if is_async_callable(att.call.fn):
+                # On the process's one event loop; abandoning it cancels it for real.
+                att.future = submit(att.call.fn(given, att.wctx))
+                return att.future.result()
+            return att.call.fn(given, att.wctx)
 
     def spawn_slot() -> None:
         nonlocal slots

@@ -11,6 +11,8 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+
+import pytest
 from typing import Any
 
 from statecraft import Engine, RunStatus, Worker, load_machine
@@ -40,8 +42,12 @@ def test_a_worker_advances_detached_runs_and_recorded_approvals(db_path: Path) -
             assert_ledger_ok(engine)
     finally:
         undo()
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    every = [json.loads(line) for line in stream.getvalue().splitlines()]
+    lines = [line for line in every if line["logger"] == "statecraft.worker"]
     assert lines[0]["event"] == "worker.started" and lines[-1]["event"] == "worker.stopped"
+    # The engine's own records go to the same JSON stream: each run's completion, with its fields.
+    completed = [line for line in every if line["logger"] == "statecraft.engine" and line["event"] == "run.completed"]
+    assert {line["run_id"] for line in completed} == {r.run_id for r in detached} | {waiting.run_id}
     advanced = [line for line in lines if line["event"] == "run.advanced"]
     assert len(advanced) == 6
     assert all({"ts", "level", "worker", "run_id", "status", "steps"} <= set(line) for line in advanced)
@@ -120,3 +126,21 @@ def test_a_second_signal_abandons_the_step_and_another_worker_resumes_the_run(db
         assert engine.get(run.run_id).status is RunStatus.DONE
         assert_ledger_ok(engine)
     assert len(witness.read_text().splitlines()) == 2  # the abandoned call, and the one that committed
+
+
+def test_an_embedded_worker_and_engine_log_to_the_applications_handlers(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No configure_logging: the records propagate to the host's handlers (here pytest's).
+    import logging
+
+    caplog.set_level(logging.INFO, logger="statecraft")
+    with Engine(db_path) as engine:
+        steps20 = load_machine(f"{CRASHY}:steps20")
+        run = engine.start(steps20, {}, ref=f"{CRASHY}:steps20", advance=False)
+        Worker(engine, poll=timedelta(milliseconds=20)).run(until_idle=True)
+    names = {(r.name, r.getMessage()) for r in caplog.records}
+    assert ("statecraft.worker", "run.advanced") in names
+    assert ("statecraft.engine", "run.completed") in names
+    done = next(r for r in caplog.records if r.getMessage() == "run.completed")
+    assert done.fields["run_id"] == run.run_id and done.levelno == logging.INFO  # type: ignore[attr-defined]
