@@ -21,11 +21,13 @@ import click
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .engine import Engine, StepReport
 from .errors import StatecraftError
 from .lifecycle import RunStatus, lifecycle_mermaid
 from .loader import load_machine
+from .render import cell, safe
 from .store.db import Database
 from .views import RunInfo
 
@@ -55,15 +57,15 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CliError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {safe(exc)}", err=True)
             ctx.exit(exc.code)
         except StatecraftError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {safe(exc)}", err=True)
             ctx.exit(1)
         except ValidationError as exc:
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first["loc"]) or "input"
-            click.echo(f"error: input does not fit the machine's state: {loc}: {first['msg']}", err=True)
+            click.echo(safe(f"error: input does not fit the machine's state: {loc}: {first['msg']}"), err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("error: interrupted; the run keeps its last checkpoint", err=True)
@@ -139,30 +141,34 @@ def _print_run(info: RunInfo, as_json: bool, *, full_state: bool = True) -> None
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("run", info.run_id)
-    table.add_row("machine", f"{info.machine} v{info.version}")
-    table.add_row("status", _status_text(info.status))
-    table.add_row("step", str(info.step))
-    table.add_row("steps", str(info.steps_taken))
-    table.add_row("started by", info.started_by)
-    table.add_row("updated", info.updated_at)
+
+    def row(label: str, value: Any) -> None:
+        table.add_row(cell(label), value if isinstance(value, Text) else cell(value))
+
+    row("run", info.run_id)
+    row("machine", f"{info.machine} v{info.version}")
+    row("status", _status_text(info.status))
+    row("step", info.step)
+    row("steps", info.steps_taken)
+    row("started by", info.started_by)
+    row("updated", info.updated_at)
     if info.reason:
-        table.add_row("reason", f"{info.error_code or ''} {info.reason}".strip())
+        row("reason", f"{info.error_code or ''} {info.reason}".strip())
     if info.pending is not None:
         p = info.pending
-        table.add_row("waiting for", f"approval to continue at {p.resume_at!r}")
-        table.add_row("proposal", p.reason or "")
-        table.add_row("digest", p.proposal_digest)
+        row("waiting for", f"approval to continue at {p.resume_at!r}")
+        row("proposal", p.reason or "")
+        row("digest", p.proposal_digest)
         if p.required > 1 or p.approved_by or p.approver_group is not None:
-            table.add_row("approvals", _approvals_text(p))
+            row("approvals", _approvals_text(p))
     if info.tokens_in or info.tokens_out or info.cost_micros:
-        table.add_row("usage", f"{info.tokens_in} in / {info.tokens_out} out tokens, ${info.cost_micros / 1e6:.6f}")
+        row("usage", f"{info.tokens_in} in / {info.tokens_out} out tokens, ${info.cost_micros / 1e6:.6f}")
     if full_state:
         for key, value in info.state.items():
             # One level of nesting is expanded: reports are usually a dict of scalars.
             items = value.items() if isinstance(value, dict) and value else [("", value)]
             for sub, item in items:
-                table.add_row(f"state.{key}.{sub}" if sub else f"state.{key}", _brief(item))
+                row(f"state.{key}.{sub}" if sub else f"state.{key}", _brief(item))
     _out.print(table)
 
 
@@ -177,24 +183,26 @@ def _brief(value: Any, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _status_text(status: RunStatus) -> str:
+def _status_text(status: RunStatus) -> Text:
     colour = {
         RunStatus.DONE: "green",
         RunStatus.FAILED: "red",
         RunStatus.WAITING_FOR_APPROVAL: "yellow",
         RunStatus.RUNNING: "cyan",
     }.get(status, "white")
-    return f"[{colour}]{status.value}[/{colour}]"
+    return Text(status.value, style=colour)
 
 
 def _progress(report: StepReport) -> None:
     arrow = f"{report.from_step} → {report.to_step}" if report.from_step != report.to_step else str(report.from_step)
     tail = f" — {report.reason}" if report.reason and report.status != RunStatus.RUNNING else ""
-    _err.print(
-        f"  [dim]{report.event_type:<20}[/dim] {arrow:<36} {_status_text(report.status)} "
-        f"[dim]{report.latency_ms} ms[/dim]{tail}",
-        highlight=False,
-    )
+    line = Text("  ")
+    line.append(f"{report.event_type:<20}", style="dim")
+    line.append(f" {safe(arrow):<36} ")
+    line.append_text(_status_text(report.status))
+    line.append(f" {report.latency_ms} ms", style="dim")
+    line.append(safe(tail))
+    _err.print(line, highlight=False)
 
 
 def _approvals_text(p: Any) -> str:
@@ -206,14 +214,13 @@ def _approvals_text(p: Any) -> str:
 def _next_hint(info: RunInfo) -> None:
     if info.status == RunStatus.WAITING_FOR_APPROVAL and info.pending is not None:
         if info.pending.required > 1:
-            _err.print(f"approvals: {_approvals_text(info.pending)}", highlight=False)
-        _err.print(
-            f"run {info.run_id} waits for approval: {info.pending.reason}\n"
-            f"  approve: statecraft approve {info.run_id} --by YOUR_ID "
-            f"--digest {info.pending.proposal_digest}\n"
+            _err.print(cell(f"approvals: {_approvals_text(info.pending)}"), highlight=False)
+        for line in (
+            f"run {info.run_id} waits for approval: {info.pending.reason}",
+            f"  approve: statecraft approve {info.run_id} --by YOUR_ID --digest {info.pending.proposal_digest}",
             f"  reject:  statecraft reject {info.run_id} --by YOUR_ID --reason TEXT",
-            highlight=False,
-        )
+        ):
+            _err.print(cell(line), highlight=False)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -261,7 +268,7 @@ def start(machine_ref: str, input_path: str | None, by: str | None, detach: bool
         if as_json:
             click.echo(json.dumps(_run_json(info), ensure_ascii=False))
         else:
-            _out.print(f"{info.run_id} {info.status.value}", highlight=False)
+            _out.print(cell(f"{info.run_id} {info.status.value}"), highlight=False)
             _next_hint(info)
 
 
@@ -300,7 +307,10 @@ def list_runs(status_: str | None, machine: str | None, limit: int, db: str, as_
         return
     table = Table("run", "machine", "status", "step", "updated", "reason")
     for r in runs:
-        table.add_row(r.run_id, f"{r.machine} v{r.version}", _status_text(r.status), str(r.step), r.updated_at, r.reason or (r.pending.reason if r.pending else "") or "")
+        table.add_row(
+            cell(r.run_id), cell(f"{r.machine} v{r.version}"), _status_text(r.status), cell(r.step),
+            cell(r.updated_at), cell(r.reason or (r.pending.reason if r.pending else "") or ""),
+        )
     _out.print(table)
 
 
@@ -465,7 +475,7 @@ def _print_outcome(info: RunInfo, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(_run_json(info), ensure_ascii=False))
     else:
-        _out.print(f"{info.run_id} {info.status.value}", highlight=False)
+        _out.print(cell(f"{info.run_id} {info.status.value}"), highlight=False)
         _next_hint(info)
 
 

@@ -29,6 +29,7 @@ from .audit.redact import DEFAULT_PARTS, PARTS, redact_event
 from .audit.verify import VerifyReport, verify_ledger
 from .cli import _db_options, _default_actor, _err, _fail, _Group, _json_option, _open, _out
 from .lifecycle import RunStatus
+from .render import cell, csv_cell, safe
 
 _TABLE_LIMIT = 200
 _PREVIEW_CHARS = 160
@@ -125,7 +126,7 @@ def audit_log(
             if as_json:
                 click.echo(json.dumps(e, ensure_ascii=False))
             elif writer is not None:
-                writer.writerow({k: ("" if v is None else v) for k, v in e.items()})
+                writer.writerow({k: ("" if v is None else csv_cell(v)) for k, v in e.items()})
             else:
                 table.add_row(*_log_cells(e))
         if shown == 0 and run_id is not None and after_seq == 0:
@@ -134,20 +135,29 @@ def audit_log(
     if table_output:
         _out.print(table)
     if more:
-        _err.print(f"more events: next page with --after {last_seq}", highlight=False)
+        _err.print(cell(f"more events: next page with --after {last_seq}"), highlight=False)
 
 
-def _log_cells(e: dict[str, Any]) -> tuple[str, ...]:
+def _log_cells(e: dict[str, Any]) -> tuple[Text, ...]:
     status = f"{e['from_status'] or ''}→{e['to_status']}" if e["to_status"] else ""
     if e["from_step"] and e["from_step"] != e["to_step"]:
         step = f"{e['from_step']}→{e['to_step']}"
     else:
         step = e["to_step"] or ""
-    return (
-        str(e["seq"]), e["occurred_at"][:23], (e["run_id"] or "")[:8], str(e["run_seq"] or ""),
+    return tuple(cell(v) for v in (
+        e["seq"], e["occurred_at"][:23], (e["run_id"] or "")[:8], e["run_seq"] or "",
         e["event_type"], status, step, f"{e['actor_type']}:{e['actor_id']}", e["model_id"] or "",
-        (e["reason"] or "")[:60],
-    )
+        _cut(e["reason"] or "", 60),
+    ))
+
+
+def _cut(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _rows(table: Table, *values: Any) -> None:
+    """One table row of data: every value rendered through ``render.cell`` (never markup)."""
+    table.add_row(*(v if isinstance(v, Text) else cell(v) for v in values))
 
 
 # -- show ------------------------------------------------------------------------------
@@ -241,22 +251,23 @@ def _print_timeline(t: RunTimeline, full: bool) -> None:
     head = Table(show_header=False, box=None, pad_edge=False)
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("run", str(run["run_id"]))
+    _rows(head, "run", run["run_id"])
     if "machine_name" in run:
-        head.add_row("machine", f"{run['machine_name']} v{run['machine_version']} ({run['machine_digest'][:16]}…)")
-        head.add_row("status", f"{run['status']} at step {run['step']}")
-        head.add_row("started by", f"{run['started_by']} at {run['created_at']}")
-        head.add_row("last change", str(run["updated_at"]))
+        _rows(head, "machine", f"{run['machine_name']} v{run['machine_version']} ({run['machine_digest'][:16]}…)")
+        _rows(head, "status", f"{run['status']} at step {run['step']}")
+        _rows(head, "started by", f"{run['started_by']} at {run['created_at']}")
+        _rows(head, "last change", run["updated_at"])
         if run.get("parent_run_id"):
-            head.add_row("parent run", str(run["parent_run_id"]))
+            _rows(head, "parent run", run["parent_run_id"])
         if run.get("reason"):
-            head.add_row("error", f"{run.get('error_code') or ''} {run['reason']}".strip())
+            _rows(head, "error", f"{run.get('error_code') or ''} {run['reason']}".strip())
     else:
-        head.add_row("status", "no run row (events only)")
+        _rows(head, "status", "no run row (events only)")
     if t.children:
-        head.add_row("sub-runs", ", ".join(t.children))
-    head.add_row("events", str(len(t.events)))
-    head.add_row(
+        _rows(head, "sub-runs", ", ".join(t.children))
+    _rows(head, "events", len(t.events))
+    _rows(
+        head,
         "usage",
         f"{t.totals['tokens_in']} tokens in / {t.totals['tokens_out']} out, "
         f"${t.totals['cost_micros'] / 1e6:.6f} ({t.totals['cost_micros']} micro-USD), "
@@ -266,13 +277,13 @@ def _print_timeline(t: RunTimeline, full: bool) -> None:
 
     timeline = Table("#", "seq", "time (UTC)", "event", "transition", "actor", "details", title="timeline")
     for e in t.events:
-        transition = f"{e['from_status'] or '∅'}→{e['to_status']}"
+        transition = safe(f"{e['from_status'] or '∅'}→{e['to_status']}")
         if e["from_step"] != e["to_step"]:
-            transition += f"\n{e['from_step'] or '∅'}→{e['to_step']}"
+            transition += "\n" + safe(f"{e['from_step'] or '∅'}→{e['to_step']}")
         elif e["to_step"]:
-            transition += f"\n@{e['to_step']}"
-        timeline.add_row(
-            str(e["run_seq"]), str(e["seq"]), e["occurred_at"], e["event_type"], transition,
+            transition += "\n" + safe(f"@{e['to_step']}")
+        _rows(
+            timeline, e["run_seq"], e["seq"], e["occurred_at"], e["event_type"], Text(transition),
             f"{e['actor_type']}:{e['actor_id']}", _details(t, e, full),
         )
     _out.print(timeline)
@@ -288,7 +299,8 @@ def _print_timeline(t: RunTimeline, full: bool) -> None:
                     flags.append("SELF-APPROVAL")
                 if d and not (d.get("reason") or "").strip():
                     flags.append("no reason recorded")
-                gates.add_row(
+                _rows(
+                    gates,
                     f"seq {req['seq']} {req['occurred_at']}", req["actor_id"], _clip(req["reason"], full),
                     f"seq {d['seq']} {d['occurred_at']}" if d else "(pending)",
                     d.get("event_type", "").removeprefix("approval.") if d else "",
@@ -339,7 +351,14 @@ def _details(t: RunTimeline, e: dict[str, Any], full: bool) -> Text:
         lines.append(
             f"redacted (authorised by seq {redaction['seq']}, {redaction['actor_id']}: {redaction['reason']})"
         )
-    return Text("\n".join(lines))
+    # Each line is escaped on its own: a data string cannot add a line, and the
+    # line breaks of a pretty-printed JSON body (ours; its strings escape theirs) stay.
+    return Text("\n".join("\n".join(safe(part) for part in line.split("\n")) if _is_json_body(line) else safe(line)
+                          for line in lines))
+
+
+def _is_json_body(line: str) -> bool:
+    return line.startswith(("input: ", "output: ", "payload: "))
 
 
 # -- verify ----------------------------------------------------------------------------
@@ -377,7 +396,7 @@ def audit_verify(anchor_paths: tuple[str, ...], blob_refs: bool, db: str, as_jso
     if as_json:
         click.echo(json.dumps(report.model_dump(mode="json"), ensure_ascii=False))
     else:
-        click.echo(_verify_line(report, anchors))
+        click.echo(safe(_verify_line(report, anchors)))
         for seq, by in report.redactions:
             click.echo(f"seq {seq}: redacted (authorised by seq {by})")
     if not remembered:
@@ -433,7 +452,7 @@ def audit_anchor(out: str | None, by: str | None, db: str, as_json: bool) -> Non
         anchor = take_anchor(engine.db, by=by or _default_actor(), actor_type="human")
     if out is not None:
         _write_new(Path(out), anchor.text())
-        _err.print(f"anchored seq {anchor.seq} of ledger {anchor.ledger_id} → {out}", highlight=False)
+        _err.print(cell(f"anchored seq {anchor.seq} of ledger {anchor.ledger_id} → {out}"), highlight=False)
     if as_json:
         click.echo(json.dumps({"ledger_id": anchor.ledger_id, "seq": anchor.seq,
                                "entry_hash": anchor.entry_hash, "time": anchor.time, "text": anchor.text()}))
@@ -507,7 +526,7 @@ def audit_export(
     if as_json and target is not None:
         click.echo(json.dumps({"out": out, **dataclasses.asdict(summary)}))
     else:
-        _err.print(message, highlight=False)
+        _err.print(cell(message), highlight=False)
 
 
 @audit.command(name="verify-export")
@@ -538,16 +557,16 @@ def audit_verify_export(bundle: str, anchor_paths: tuple[str, ...], as_json: boo
             if report.anchored_seq is not None
             else "internally consistent, no anchor covers it"
         )
-        click.echo(
+        click.echo(safe(
             f"OK: seqs {report.first_seq}..{report.last_seq} of ledger {report.ledger_id}: "
             f"{report.events} events, {report.context} context rows, {report.blobs} blobs; {bound}"
-        )
+        ))
         for seq, by in report.redactions:
             click.echo(f"seq {seq}: redacted (authorised by seq {by})")
     elif report.first_bad_seq is None:
-        click.echo(f"FAILED: {report.reason}")
+        click.echo(safe(f"FAILED: {report.reason}"))
     else:
-        click.echo(f"FAILED at seq {report.first_bad_seq}: {report.reason}")
+        click.echo(safe(f"FAILED at seq {report.first_bad_seq}: {report.reason}"))
     if not report.ok:
         sys.exit(1)
 

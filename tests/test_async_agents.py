@@ -104,11 +104,15 @@ def test_async_fan_out_branches_run_concurrently_on_one_event_loop(engine: Engin
 
 def test_an_abandoned_async_branch_is_cancelled(engine: Engine) -> None:
     cancelled = threading.Event()
+    slow_started = threading.Event()
 
     async def quick(given: Any, wctx: Any) -> str:
+        while not slow_started.is_set():  # so the slow one is inside its await when abandoned
+            await asyncio.sleep(0.01)
         return "ok"
 
     async def slow(given: Any, wctx: Any) -> str:
+        slow_started.set()
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:

@@ -400,6 +400,8 @@ def run_parallel(
             if is_async_callable(att.call.fn):
                 # On the process's one event loop; abandoning it cancels it for real.
                 att.future = submit(att.call.fn(given, att.wctx))
+                if att.wctx.cancelled.is_set():
+                    att.future.cancel()  # abandoned before its future existed
                 return att.future.result()
             return att.call.fn(given, att.wctx)
 
