@@ -367,8 +367,8 @@ def _is_json_body(line: str) -> bool:
 @audit.command(name="verify")
 @click.option("--anchor", "anchor_paths", multiple=True, metavar="FILE",
               help="An anchor file (from `audit anchor`); repeatable: the newest is checked, older ones must match too.")
-@click.option("--blob-refs", is_flag=True,
-              help="Also check that every blob an event references is stored (slower: one lookup per reference).")
+@click.option("--blob-refs/--no-blob-refs", default=True, show_default=True,
+              help="Check that every blob an event references is stored (a deleted blob row); one lookup per reference.")
 @_db_options
 @_json_option
 def audit_verify(anchor_paths: tuple[str, ...], blob_refs: bool, db: str, as_json: bool) -> None:
@@ -399,6 +399,9 @@ def audit_verify(anchor_paths: tuple[str, ...], blob_refs: bool, db: str, as_jso
         click.echo(safe(_verify_line(report, anchors)))
         for seq, by in report.redactions:
             click.echo(f"seq {seq}: redacted (authorised by seq {by})")
+    if not as_json:
+        for warning in report.warnings:
+            _err.print(cell(f"warning: {warning}"), highlight=False)
     if not remembered:
         _err.print("note: the database is read-only here, so this anchor was not remembered", highlight=False)
     if not report.ok:

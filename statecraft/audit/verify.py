@@ -39,6 +39,13 @@ the event in ``to_status``, ``to_step`` and ``state_sha256``; so each run's
 last event must equal its ``run`` row (``status``, ``step``,
 ``state_sha256``), and ``run.run_seq`` must equal that event's ``run_seq``
 (DESIGN.md invariant 2). Every run row must have events and vice versa.
+Every other column of the run row that a reviewer is shown (``statecraft
+status``, ``audit show``) is checked against the events too, since the run
+row itself is not hashed (:data:`FOLDED_COLUMNS`): the machine, who started
+it and when (its first event), when it last changed (its last event), its
+error (the last event's, while FAILED), its usage totals (the sum of its
+events'), and, while it waits, the pending proposal (its last
+``approval.requested`` event: reason, digest, ``resume_at``).
 
 Speed (bench/bench_verify.py): rows stream from a plain DB-API cursor in
 ``fetchmany`` batches, without ORM rows or per-row dicts. On SQLite the JCS
@@ -88,7 +95,7 @@ from .chain import (
     entry_hash_of_sorted,
 )
 
-__all__ = ["RunFold", "VerifyReport", "fold_runs", "verify_ledger"]
+__all__ = ["FOLDED_COLUMNS", "RunFold", "VerifyReport", "fold_runs", "verify_ledger"]
 
 KNOWN_HASH_ALGS: Final = frozenset({HASH_ALG})
 KNOWN_SCHEMA_VERSIONS: Final = frozenset({LEDGER_SCHEMA_VERSION})
@@ -143,6 +150,10 @@ class VerifyReport(BaseModel):
             1..``anchored_seq`` are exactly those that existed when it was
             taken. ``None`` without anchors (or when none matched).
         anchor_time: when that anchor was taken (UTC).
+        warnings: what is wrong with the database's guard rails without
+            being evidence of tampering (e.g. a guard trigger is missing:
+            whoever can write the file dropped it; the chain says whether
+            rows were changed).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -157,6 +168,7 @@ class VerifyReport(BaseModel):
     redactions: tuple[tuple[int, int], ...] = ()
     anchored_seq: int | None = None
     anchor_time: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 class RunFold(NamedTuple):
@@ -389,14 +401,26 @@ class _Walk:
             self.last_hash = last_hash
             self.checked = checked
 
-    def unauthorised_redaction(self, before_seq: int | None) -> _Failure | None:
-        """The first payload removal that no verified ``payload.redacted`` event authorises."""
-        if not self.pending_redactions:
-            return None
-        seq = min(self.pending_redactions.values())
-        if before_seq is not None and seq >= before_seq:
-            return None
-        return _Failure(seq, f"seq {seq}: payload removed without a payload.redacted event")
+    def unauthorised_redaction(
+        self, before_seq: int | None, authorised_later: Callable[[str, int], bool] | None = None
+    ) -> _Failure | None:
+        """The first payload removal that no ``payload.redacted`` event authorises.
+
+        Args:
+            before_seq: the seq where the walk broke (``None``: it did not).
+            authorised_later: when it broke, whether a ``payload.redacted``
+                event after the break names this event (``event_id``, its
+                seq): such a removal is not the first break — the walk only
+                stopped before reaching its authorisation — so the break
+                itself is reported.
+        """
+        for event_id, seq in sorted(self.pending_redactions.items(), key=lambda kv: kv[1]):
+            if before_seq is not None and seq >= before_seq:
+                return None
+            if before_seq is not None and authorised_later is not None and authorised_later(event_id, seq):
+                continue
+            return _Failure(seq, f"seq {seq}: payload removed without a payload.redacted event")
+        return None
 
 
 def _stream_sqlite(conn: Connection, walk: _Walk) -> None:
@@ -453,6 +477,19 @@ def _stream_other(conn: Connection, walk: _Walk) -> None:
         walk.feed(rows, rendered=False)
 
 
+def _authorised_later(conn: Connection) -> Callable[[str, int], bool]:
+    def authorised(event_id: str, seq: int) -> bool:
+        return conn.execute(
+            text(
+                "SELECT 1 FROM audit_event WHERE event_type = 'payload.redacted' "
+                "AND caused_by_event_id = :e AND seq > :s LIMIT 1"
+            ),
+            {"e": event_id, "s": seq},
+        ).first() is not None
+
+    return authorised
+
+
 def _diagnose_prev_hash(conn: Connection, failure: _Failure) -> _Failure:
     """Add what the bad ``prev_hash`` points at (a fork, a reorder, nothing) to the reason."""
     prev_hash = conn.execute(
@@ -484,6 +521,35 @@ def _diagnose_prev_hash(conn: Connection, failure: _Failure) -> _Failure:
 
 
 # -- runs -------------------------------------------------------------------------------
+
+
+FOLDED_COLUMNS: Final[tuple[str, ...]] = (
+    "machine_name", "machine_version", "machine_digest", "parent_run_id", "started_by", "created_at",
+    "updated_at", "error_code", "reason", "tokens_in", "tokens_out", "cost_micros",
+)
+"""Run-row columns shown to reviewers that verify folds from the ledger, besides status/step/state/run_seq."""
+
+_FOLD_DETAILS_SQL: Final = (
+    "SELECT l.run_id, l.machine_name, l.machine_version, l.machine_digest, l.parent_run_id, "
+    "f.actor_id, f.occurred_at, l.occurred_at, "
+    "CASE WHEN l.to_status = 'FAILED' THEN l.error_code END, "
+    "CASE WHEN l.to_status = 'FAILED' THEN l.reason END, "
+    "t.tokens_in, t.tokens_out, t.cost_micros "
+    "FROM ("
+    "  SELECT run_id, MAX(run_seq) AS last_run_seq, COALESCE(SUM(tokens_in), 0) AS tokens_in,"
+    "         COALESCE(SUM(tokens_out), 0) AS tokens_out, COALESCE(SUM(cost_micros), 0) AS cost_micros"
+    "  FROM audit_event WHERE run_id IS NOT NULL GROUP BY run_id"
+    ") t "
+    "JOIN audit_event l ON l.run_id = t.run_id AND l.run_seq = t.last_run_seq "
+    "JOIN audit_event f ON f.run_id = t.run_id AND f.run_seq = 1"
+)
+_RUN_DETAILS_SQL: Final = "SELECT run_id, " + ", ".join(FOLDED_COLUMNS) + " FROM run"
+_PENDING_SQL: Final = (
+    "SELECT r.run_id, r.pending_reason, r.pending_proposal_digest, r.pending_resume_at, "
+    "e.seq, e.reason, e.payload_json FROM run r JOIN audit_event e ON e.run_id = r.run_id "
+    "AND e.run_seq = (SELECT MAX(run_seq) FROM audit_event x WHERE x.run_id = r.run_id "
+    "AND x.event_type = 'approval.requested') WHERE r.status = 'WAITING_FOR_APPROVAL'"
+)
 
 
 def fold_runs(conn: Connection) -> dict[str, RunFold]:
@@ -521,6 +587,57 @@ def _check_runs(
     conn: Connection, runs: dict[str, tuple[Any, Any, Any, int, int]]
 ) -> _Failure | None:
     """Compare each run row with the fold of its events; the earliest problem wins."""
+    failure = _check_run_position(conn, runs)
+    if failure is not None:
+        return failure
+    return _earliest(_check_run_details(conn, runs), _check_pending(conn))
+
+
+def _check_run_details(conn: Connection, runs: dict[str, tuple[Any, Any, Any, int, int]]) -> _Failure | None:
+    """The run row's reviewer-facing columns (:data:`FOLDED_COLUMNS`) against its events."""
+    folded = {r[0]: tuple(r[1:]) for r in conn.execute(text(_FOLD_DETAILS_SQL)).all()}
+    problems: list[tuple[int, str]] = []
+    for row in conn.execute(text(_RUN_DETAILS_SQL)).all():
+        run_id, values = row[0], tuple(row[1:])
+        expected = folded.get(run_id)
+        if expected is None or values == expected:
+            continue
+        differ = [i for i in range(len(FOLDED_COLUMNS)) if values[i] != expected[i]]
+        fields = [FOLDED_COLUMNS[i] for i in differ]
+        last = runs[run_id][4] if run_id in runs else 0
+        problems.append((
+            last,
+            f"run {run_id}: run row says {_describe(fields, [values[i] for i in differ])}, "
+            f"ledger says {_describe(fields, [expected[i] for i in differ])} (seq {last})",
+        ))
+    return _Failure(*min(problems)) if problems else None
+
+
+def _check_pending(conn: Connection) -> _Failure | None:
+    """A waiting run's pending proposal (what an approver is shown) against its ``approval.requested`` event."""
+    import json
+
+    problems: list[tuple[int, str]] = []
+    for run_id, reason, digest, resume_at, seq, asked_reason, payload in conn.execute(text(_PENDING_SQL)).all():
+        if payload is None:
+            continue  # lawfully redacted: only the hashed reason is left to compare
+        asked = json.loads(payload)
+        expected = (asked_reason, asked.get("proposal_digest"), asked.get("resume_at"))
+        if (reason, digest, resume_at) != expected:
+            problems.append((
+                seq,
+                f"run {run_id}: the pending proposal in the run row (reason, digest, resume_at) differs "
+                f"from the approval.requested event at seq {seq}",
+            ))
+    if problems:
+        return _Failure(*min(problems))
+    return None
+
+
+def _check_run_position(
+    conn: Connection, runs: dict[str, tuple[Any, Any, Any, int, int]]
+) -> _Failure | None:
+    """Status, step, state hash and run_seq of each run row against the walk's fold."""
     run_rows = {
         r[0]: (r[1], r[2], r[3], r[4])
         for r in conn.execute(
@@ -675,13 +792,12 @@ def _check_anchors(
                 "(at most one of them is genuine)",
             ), None
     newest = ordered[-1]
+    head = conn.exec_driver_sql("SELECT MAX(seq) FROM audit_event").scalar() or 0
+    # Newer anchors the database knows of: its memory, and verified ledger.anchored events.
+    newer: list[str] = []
     seen = newest_anchor_seen(conn)
     if seen is not None and seen.ledger_id == ledger_id and seen.seq > newest.seq:
-        return _Failure(
-            None,
-            f"{newest.describe()} is older than the newest anchor this database has seen "
-            f"(seq {seen.seq}, {seen.time}); verify against the newest anchor from write-once storage",
-        ), None
+        newer.append(f"the newest anchor this database has seen (seq {seen.seq}, {seen.time})")
     recorded = conn.execute(
         text(
             "SELECT seq, occurred_at FROM audit_event WHERE event_type = 'ledger.anchored' "
@@ -690,21 +806,22 @@ def _check_anchors(
         {"last": walk.last_seq},
     ).first()
     if recorded is not None and recorded[0] > newest.seq:
-        return _Failure(
-            None,
-            f"{newest.describe()} is older than the anchor taken at seq {recorded[0]} "
-            f"({recorded[1]}, a ledger.anchored event); verify against the newest anchor "
-            "from write-once storage",
-        ), None
-    head = conn.exec_driver_sql("SELECT MAX(seq) FROM audit_event").scalar() or 0
+        newer.append(f"the anchor taken at seq {recorded[0]} ({recorded[1]}, a ledger.anchored event)")
+    # The rows first: an anchor from outside that the ledger contradicts is a
+    # rewrite, whatever newer anchor the database can show (an insider who
+    # rewrote history can take a new anchor of it; the two then conflict).
     matched: Anchor | None = None
     for a in ordered:
         proven = f"; rows 1..{matched.seq} match {matched.describe()}" if matched else ""
+        conflict = (
+            f"; it conflicts with {' and '.join(newer)}: at most one of them is genuine — trust the "
+            "anchor kept in write-once storage" if newer else ""
+        )
         if a.seq > head:
             return _Failure(
                 head + 1,
                 f"seq {head + 1} missing: the ledger ends at seq {head}, but {a.describe()} "
-                f"vouches for seq {a.seq} (tail truncated){proven}",
+                f"vouches for seq {a.seq} (tail truncated){proven}{conflict}",
             ), matched
         row_hash = conn.execute(
             text("SELECT entry_hash FROM audit_event WHERE seq = :s"), {"s": a.seq}
@@ -713,9 +830,17 @@ def _check_anchors(
             return _Failure(
                 a.seq,
                 f"seq {a.seq}: entry_hash differs from {a.describe()}: the ledger was "
-                f"rewritten at or before seq {a.seq}{proven}",
+                f"rewritten at or before seq {a.seq}{proven}{conflict}",
             ), matched
         matched = a
+    if newer:
+        # Every anchor given matches, but a newer one exists: rows after the
+        # given anchor could have been rewritten since; only the newest proves them.
+        return _Failure(
+            None,
+            f"{newest.describe()} is older than {newer[0]}; verify against the newest anchor "
+            "from write-once storage",
+        ), None
     return None, matched
 
 
@@ -757,7 +882,7 @@ def verify_ledger(
     *,
     check_runs: bool = True,
     check_blobs: bool = True,
-    check_blob_refs: bool = False,
+    check_blob_refs: bool = True,
     anchors: Sequence[Anchor] = (),
 ) -> VerifyReport:
     """Verify the audit ledger of ``db``: the hash chain, its rules, blobs, runs and anchors.
@@ -796,10 +921,8 @@ def verify_ledger(
             it). SOC 2 PI1.5: inputs and outputs retrievable and intact.
         check_blob_refs: also check that every blob an event references
             (``input_sha256``, ``output_sha256``, ``state_sha256``) is
-            stored, which catches a deleted blob row; one index probe per
-            reference, so off by default (``audit verify --blob-refs``).
-            ``audit show`` and export report missing blobs of the runs they
-            cover anyway.
+            stored, which catches a deleted blob row (one index probe per
+            reference; ``audit verify --no-blob-refs`` skips it).
         anchors: anchors read from outside the database (see
             :mod:`statecraft.audit.anchor`), any order.
 
@@ -837,7 +960,9 @@ def verify_ledger(
                 failure = _diagnose_prev_hash(conn, exc) if exc.broken_link else exc
             if failure is None and walk.checked == 0:
                 failure = _Failure(1, "seq 1 missing (the ledger has no genesis event)")
-            redaction = walk.unauthorised_redaction(failure.seq if failure is not None else None)
+            redaction = walk.unauthorised_redaction(
+                failure.seq if failure is not None else None, _authorised_later(conn)
+            )
             if redaction is not None:
                 failure = redaction
             redactions, authorised_blobs = _redaction_targets(conn, walk)
@@ -854,6 +979,7 @@ def verify_ledger(
             run_failure = None
             if failure is None and check_runs:
                 run_failure = _check_runs(conn, walk.runs)
+            warnings = _guard_warnings(conn)
         except (sqlite3.Error, DBAPIError) as exc:
             raise LedgerError(f"cannot read the audit ledger: {exc}") from exc
     bad = None if failure is None else failure.seq
@@ -865,6 +991,7 @@ def verify_ledger(
         "ledger_id": ledger_id,
         "anchored_seq": None if anchored is None else anchored.seq,
         "anchor_time": None if anchored is None else anchored.time,
+        "warnings": warnings,
     }
     # Authorising events were all verified by the walk (it stops at a broken
     # link); list the redactions of the verified prefix.
@@ -878,6 +1005,22 @@ def verify_ledger(
             **common,
         )
     return VerifyReport(ok=True, last_seq=walk.last_seq, **common)
+
+
+def _guard_warnings(conn: Connection) -> tuple[str, ...]:
+    """One warning per guard trigger missing from the ledger (SQLite; store/db.py creates them)."""
+    from ..store.db import GUARD_TRIGGERS
+
+    if conn.dialect.name != "sqlite":
+        return ()
+    present = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    return tuple(
+        f"guard trigger {name} is missing: the database no longer refuses "
+        f"{what} on audit_event (someone with write access dropped it; the chain check above "
+        "says whether rows were changed)"
+        for name, what in GUARD_TRIGGERS.items()
+        if name not in present
+    )
 
 
 def _earliest(a: _Failure | None, b: _Failure | None) -> _Failure | None:

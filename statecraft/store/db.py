@@ -27,12 +27,20 @@ from ..errors import NotAStatecraftDatabase, StoreError
 from . import tables
 from .tables import SCHEMA_VERSION
 
-__all__ = ["DEFAULT_DB", "Database", "Synchronous", "database_url"]
+__all__ = ["DEFAULT_DB", "GUARD_TRIGGERS", "Database", "Synchronous", "database_url"]
 
 DEFAULT_DB = "statecraft.db"
 """Default database file, in the working directory (overridable: ``--db``, ``STATECRAFT_DB``)."""
 
 Synchronous = Literal["FULL", "NORMAL"]
+
+GUARD_TRIGGERS: dict[str, str] = {
+    "audit_event_no_delete": "DELETE",
+    "audit_event_no_update": "UPDATE of hashed columns",
+    "audit_event_no_replace": "INSERT OR REPLACE",
+    "audit_event_payload_redaction_only": "payload changes other than lawful redaction",
+}
+"""The ledger's guard triggers (SQLite) and what each refuses; ``audit verify`` reports a missing one."""
 
 _TRIGGERS = (
     # Guard rails against mistakes, not evidence: whoever can write the file can

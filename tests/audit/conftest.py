@@ -153,6 +153,7 @@ def build_ledger(path: Path, *, runs: int = 3, steps: int = 3) -> Ledger:
         ledger = Ledger(path=Path(path), ledger_id=db.ledger_id, rows=[genesis])
         run_ids = [f"run-{i}" for i in range(runs)]
         clock = iter(_T0 + timedelta(seconds=i) for i in range(1_000_000))
+        usage: dict[str, list[int]] = {}
         # round 0: start; rounds 1..steps: steps; last round: finish (run-1 fails).
         for round_no in range(steps + 2):
             for i, run_id in enumerate(run_ids):
@@ -182,6 +183,10 @@ def build_ledger(path: Path, *, runs: int = 3, steps: int = 3) -> Ledger:
                     for body in bodies:
                         put_blob(conn, body, created_at=f["occurred_at"])
                     row = append_event(conn, ledger_id=db.ledger_id, fields=f, payload=payload)
+                    totals = usage.setdefault(run_id, [0, 0, 0])
+                    for k, column in enumerate(("tokens_in", "tokens_out", "cost_micros")):
+                        totals[k] += f.get(column) or 0
+                    failed_now = f["to_status"] == "FAILED"
                     values = {
                         "status": f["to_status"],
                         "step": f["to_step"],
@@ -189,6 +194,12 @@ def build_ledger(path: Path, *, runs: int = 3, steps: int = 3) -> Ledger:
                         "run_seq": run_seq,
                         "updated_at": f["occurred_at"],
                         "last_event_id": row["event_id"],
+                        # As the engine keeps them: the run row's reviewer-facing columns fold from its events.
+                        "tokens_in": totals[0],
+                        "tokens_out": totals[1],
+                        "cost_micros": totals[2],
+                        "error_code": f.get("error_code") if failed_now else None,
+                        "reason": f.get("reason") if failed_now else None,
                     }
                     if round_no == 0:
                         conn.execute(
@@ -322,9 +333,16 @@ class Insider:
     def refold_runs(self) -> None:
         """Set every run row to the fold of its remaining events (what a careful insider does after a cut)."""
         self.execute(
-            "UPDATE run SET (status, step, state_sha256, run_seq) = ("
-            "  SELECT to_status, to_step, state_sha256, run_seq FROM audit_event e"
-            "  WHERE e.run_id = run.run_id ORDER BY run_seq DESC LIMIT 1)"
+            "UPDATE run SET (status, step, state_sha256, run_seq, updated_at, error_code, reason) = ("
+            "  SELECT to_status, to_step, state_sha256, run_seq, occurred_at,"
+            "         CASE WHEN to_status = 'FAILED' THEN error_code END,"
+            "         CASE WHEN to_status = 'FAILED' THEN reason END"
+            "  FROM audit_event e WHERE e.run_id = run.run_id ORDER BY run_seq DESC LIMIT 1)"
+        )
+        self.execute(
+            "UPDATE run SET (tokens_in, tokens_out, cost_micros) = ("
+            "  SELECT COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), COALESCE(SUM(cost_micros), 0)"
+            "  FROM audit_event e WHERE e.run_id = run.run_id)"
         )
 
     def recreate_without(self, constraint: str) -> None:

@@ -146,6 +146,7 @@ def test_editing_and_rehashing_everything_after_passes_without_an_anchor_and_fai
     insider.drop_guards()
     insider.execute("UPDATE audit_event SET reason = 'nothing to see' WHERE seq = 15")
     insider.rehash_from(15)
+    insider.refold_runs()  # the run row shows the reason too; a careful insider edits it as well
     insider.execute("DELETE FROM statecraft_meta WHERE key = 'anchor.newest'")
 
     plain = verify(ledger)
@@ -272,3 +273,22 @@ def test_remembering_keeps_the_newest_anchor_only(ledger, tmp_path) -> None:
             assert newest_anchor_seen(conn) == new
     finally:
         db.close()
+
+
+def test_a_rewrite_followed_by_a_new_anchor_is_a_conflict_between_anchors_not_an_older_anchor(
+    ledger, insider, tmp_path
+) -> None:
+    kept = anchor_now(ledger, tmp_path, "kept.anchor")  # seq 17, kept in write-once storage
+    insider.drop_guards()
+    insider.execute("UPDATE audit_event SET reason = 'nothing to see' WHERE seq = 15")
+    insider.rehash_from(15)
+    insider.refold_runs()
+    insider.execute("DELETE FROM statecraft_meta WHERE key = 'anchor.newest'")
+    anchor_now(ledger, tmp_path, "forged.anchor")  # the insider anchors the rewritten history (seq 18)
+
+    report = verify(ledger, kept)
+
+    assert report.ok is False and report.first_bad_seq == 17
+    assert "rewritten at or before seq 17" in (report.reason or "")
+    assert "conflicts with" in (report.reason or "") and "at most one of them is genuine" in (report.reason or "")
+    assert "is older than" not in (report.reason or "")

@@ -465,3 +465,84 @@ def test_events_of_a_run_without_a_run_row_are_reported(ledger, insider) -> None
         "run run-0: ledger has events (last seq 14) but no run row",
         chain_intact=True,
     )
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "shown"),
+    [
+        ("state_sha256", "0" * 64, "state_sha256=" + "0" * 64),
+        ("started_by", "user:alice", "started_by=user:alice"),
+        ("reason", "all fine", "reason=all fine"),
+        ("error_code", None, "error_code=None"),
+        ("tokens_in", 1, "tokens_in=1"),
+        ("cost_micros", 0, "cost_micros=0"),
+        ("machine_version", "2", "machine_version=2"),
+        ("created_at", "2020-01-01T00:00:00.000000Z", "created_at=2020-01-01T00:00:00.000000Z"),
+        ("updated_at", "2030-01-01T00:00:00.000000Z", "updated_at=2030-01-01T00:00:00.000000Z"),
+    ],
+)
+def test_every_run_row_column_a_reviewer_is_shown_is_checked_against_the_ledger(
+    ledger, insider, column: str, value: object, shown: str
+) -> None:
+    # The run row is not hashed; what `status` and `audit show` display from it must fold from the events.
+    insider.execute(f"UPDATE run SET {column} = ? WHERE run_id = 'run-1'", (value,))
+
+    report = verify(ledger)
+
+    assert report.ok is False and report.first_bad_seq == 15, report
+    assert report.reason is not None and report.reason.startswith("run run-1: run row says ")
+    assert shown in report.reason
+
+
+def test_a_pending_proposal_edited_in_the_run_row_is_detected(tmp_path) -> None:
+    # An approver reads the proposal from the run row (`statecraft status`): it must be the requested one.
+    from statecraft import Engine
+    from tests.support.toy import machine as toy
+
+    with Engine(tmp_path / "p.db") as engine:
+        run = engine.start(toy, "one two three four five")
+        assert run.pending is not None
+    raw = sqlite3.connect(tmp_path / "p.db")
+    raw.execute("UPDATE run SET pending_reason = 'a harmless 2-word note' WHERE run_id = ?", (run.run_id,))
+    raw.commit()
+    raw.close()
+    with Engine(tmp_path / "p.db") as engine:
+        report = verify_ledger(engine.db)
+    assert report.ok is False
+    assert "pending proposal" in (report.reason or "") and run.run_id in (report.reason or "")
+
+
+def test_a_lawful_redaction_before_a_break_is_not_blamed_for_it(ledger, insider) -> None:
+    # seq 5 is lawfully redacted (authorised at seq 17); an insider then edits seq 7.
+    # The walk stops at 7, before reaching 17: the first real break is 7, not 5.
+    append_redaction(ledger, 5)
+    insider.execute("UPDATE audit_event SET payload_json = NULL WHERE seq = 5")
+    insider.drop_guards()
+    insider.execute("UPDATE audit_event SET actor_id = 'user:mallory' WHERE seq = 7")
+
+    assert_detected(verify(ledger), 7, "seq 7: entry_hash mismatch (row edited)")
+
+
+def test_a_missing_guard_trigger_is_reported(ledger, insider) -> None:
+    insider.execute("DROP TRIGGER audit_event_no_delete")
+
+    report = verify(ledger)
+
+    assert report.ok is True  # no row changed: the chain is intact
+    assert len(report.warnings) == 1 and "audit_event_no_delete is missing" in report.warnings[0]
+    assert "DELETE" in report.warnings[0]
+
+
+def test_a_genesis_with_another_prev_hash_is_refused_even_when_rehashed(ledger, insider) -> None:
+    # The genesis rule itself, not the chain link, must catch this: the whole chain is rehashed.
+    insider.drop_guards()
+    insider.execute("UPDATE audit_event SET prev_hash = ? WHERE seq = 1", ("1" * 64,))
+    conn = insider.connect()
+    row = dict(conn.execute("SELECT * FROM audit_event WHERE seq = 1").fetchone())
+    conn.close()
+    from statecraft.audit.chain import compute_entry_hash
+
+    insider.execute("UPDATE audit_event SET entry_hash = ? WHERE seq = 1", (compute_entry_hash(row),))
+    insider.rehash_from(2)
+
+    assert_detected(verify(ledger), 1, "seq 1: genesis prev_hash is not 64 zeros")
