@@ -28,7 +28,7 @@ from .errors import StatecraftError
 from .lifecycle import RunStatus, lifecycle_mermaid
 from .loader import load_machine
 from .render import cell, safe
-from .store.db import Database
+from .store.db import Database, database_url, sqlite_path
 from .views import RunInfo
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -89,7 +89,8 @@ def _json_option(fn: F) -> F:
 
 
 def _open(db: str, *, create: bool = False) -> Engine:
-    if not create and "://" not in db and not Path(db).exists():
+    path = sqlite_path(database_url(db))
+    if not create and path and not Path(path).exists():
         _fail(f"no database at {db} (start a run first, or pass --db / STATECRAFT_DB)")
     # Durability is an operator's choice per deployment, so it comes from the
     # environment rather than a flag every command would have to repeat.

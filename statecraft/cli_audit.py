@@ -554,18 +554,27 @@ def audit_verify_export(bundle: str, anchor_paths: tuple[str, ...], as_json: boo
     if as_json:
         click.echo(json.dumps(report.model_dump(mode="json"), ensure_ascii=False))
     elif report.ok:
-        bound = (
-            f"anchored: rows {report.first_seq}..{report.anchored_seq} are the ledger's own "
-            f"(anchor of {report.anchor_time})"
-            if report.anchored_seq is not None
-            else "internally consistent, no anchor covers it"
-        )
+        if report.anchored_seq is not None:
+            bound = (
+                f"anchored: rows {report.first_seq}..{report.anchored_seq} are the ledger's own "
+                f"(anchor of {report.anchor_time}, given from outside)"
+            )
+        elif report.embedded_anchor_seq is not None:
+            bound = (
+                f"internally consistent; an anchor inside the bundle claims seq {report.embedded_anchor_seq} "
+                "(not proof: whoever could rewrite the rows could rewrite it; check with --anchor FILE "
+                "from your own write-once copy)"
+            )
+        else:
+            bound = "internally consistent, no anchor covers it"
         click.echo(safe(
             f"OK: seqs {report.first_seq}..{report.last_seq} of ledger {report.ledger_id}: "
             f"{report.events} events, {report.context} context rows, {report.blobs} blobs; {bound}"
         ))
         for seq, by in report.redactions:
             click.echo(f"seq {seq}: redacted (authorised by seq {by})")
+        if report.selection:
+            click.echo(safe(f"selection: {json.dumps(report.selection, ensure_ascii=False)}"))
     elif report.first_bad_seq is None:
         click.echo(safe(f"FAILED: {report.reason}"))
     else:

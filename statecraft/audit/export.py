@@ -176,7 +176,13 @@ def export_bundle(
         ):
             if target_seq in selected:
                 selected.add(int(redaction_seq))
-        last = max(selected)
+        first, last = min(selected), max(selected)
+        # A selected event may share a blob (same bytes) with an event of another
+        # run that was lawfully redacted: the body is gone for both. The
+        # redaction and its target then travel along (as context rows, unless
+        # selected), so the bundle proves the removal was authorised.
+        for target_seq, redaction_seq in _redactions_of_shared_blobs(conn, selected):
+            first, last = min(first, target_seq), max(last, redaction_seq)
         for a in anchors:
             if a.ledger_id != db.ledger_id:
                 raise LedgerError(f"{a.describe()} is for ledger {a.ledger_id}, not {db.ledger_id}")
@@ -187,7 +193,6 @@ def export_bundle(
             if through > head[0]:
                 raise LedgerError(f"--through {through} is beyond the ledger's head (seq {head[0]})")
             last = max(last, through)
-        first = min(selected)
         writer = _Writer(out)
         writer.write(
             {
@@ -231,6 +236,33 @@ def export_bundle(
     return ExportSummary(first, last, events, context, len(wanted), writer.lines)
 
 
+def _redactions_of_shared_blobs(conn: Any, selected: set[int]) -> list[tuple[int, int]]:
+    """``(target seq, payload.redacted seq)`` authorising each redacted blob the selected events reference."""
+    refs = {
+        h for row in conn.execute(
+            text("SELECT seq, input_sha256, output_sha256, state_sha256 FROM audit_event WHERE seq >= :a AND seq <= :b"),
+            {"a": min(selected), "b": max(selected)},
+        ) if int(row[0]) in selected for h in row[1:] if h
+    }
+    pairs: list[tuple[int, int]] = []
+    for digest in sorted(refs):
+        body = conn.execute(text("SELECT body FROM blob WHERE sha256 = :h"), {"h": digest}).first()
+        if body is None or body[0] is not None:
+            continue
+        found = conn.execute(
+            text(
+                "SELECT e.seq, r.seq FROM audit_event r JOIN audit_event e ON e.event_id = r.caused_by_event_id "
+                "WHERE r.event_type = 'payload.redacted' AND e.seq < r.seq "
+                "AND (e.input_sha256 = :h OR e.output_sha256 = :h OR e.state_sha256 = :h) "
+                "ORDER BY r.seq LIMIT 1"
+            ),
+            {"h": digest},
+        ).first()
+        if found is not None:
+            pairs.append((int(found[0]), int(found[1])))
+    return pairs
+
+
 def _blob_line(digest: str, found: Any) -> dict[str, Any]:
     if found is None:
         return {"kind": "blob", "sha256": digest, "missing": True}
@@ -262,9 +294,16 @@ class ExportReport(BaseModel):
         first_seq, last_seq: the chain segment the bundle holds.
         events, context, blobs: line counts by kind.
         redactions: ``(redacted seq, authorising seq)`` pairs found.
-        anchored_seq, anchor_time: the newest anchor inside the segment whose
-            ``entry_hash`` matched (rows ``first_seq``..``anchored_seq``
-            are then the ledger's own), or ``None``.
+        anchored_seq, anchor_time: the newest anchor **given from outside**
+            (``anchors=``, ``--anchor FILE``) inside the segment whose
+            ``entry_hash`` matched: rows ``first_seq``..``anchored_seq`` are
+            then the ledger's own. ``None`` otherwise — an anchor shipped
+            inside the bundle proves nothing, since whoever could rewrite
+            the rows could rewrite it too.
+        embedded_anchor_seq: the newest anchor shipped inside the bundle that
+            matches its row: what the bundle *claims*, not proof.
+        selection: the header's selection (runs, time window, through), to
+            compare with what the reviewer asked for.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -281,6 +320,8 @@ class ExportReport(BaseModel):
     redactions: tuple[tuple[int, int], ...] = ()
     anchored_seq: int | None = None
     anchor_time: str | None = None
+    embedded_anchor_seq: int | None = None
+    selection: dict[str, Any] | None = None
 
 
 class _Bad(Exception):
@@ -330,6 +371,8 @@ class _State:
         self.event_ids: set[str] = set()
         self.refs: dict[str, int] = {}  # blob sha -> first selected seq referencing it
         self.refs_by_event: dict[str, tuple[str, ...]] = {}  # event_id -> blob shas (selected events)
+        self.refs_by_row: dict[str, tuple[str, ...]] = {}  # event_id -> blob shas (every row)
+        self.seq_of: dict[str, int] = {}  # event_id -> seq (every row)
         self.event_seq: dict[str, int] = {}  # event_id -> seq (selected events)
         self.hashes: dict[int, str] = {}  # seq -> entry_hash, only for seqs anchors name
         self.anchor_seqs: set[int] = set()
@@ -357,8 +400,11 @@ def _verify_stream(stream: IO[str], external: Sequence[Anchor]) -> ExportReport:
     if failure is None and walk is not None:
         failure = _check_blobs(state)
     anchored: Anchor | None = None
+    embedded: Anchor | None = None
     if failure is None:
-        failure, anchored = _check_anchors(state, [*state.anchors, *external], header.get("ledger_id"))
+        failure, embedded = _check_anchors(state, state.anchors, header.get("ledger_id"))
+    if failure is None:
+        failure, anchored = _check_anchors(state, external, header.get("ledger_id"))
     redactions: tuple[tuple[int, int], ...] = ()
     if walk is not None:
         redactions = tuple(
@@ -381,6 +427,8 @@ def _verify_stream(stream: IO[str], external: Sequence[Anchor]) -> ExportReport:
         redactions=redactions,
         anchored_seq=None if anchored is None else anchored.seq,
         anchor_time=None if anchored is None else anchored.time,
+        embedded_anchor_seq=None if embedded is None else embedded.seq,
+        selection=header.get("selection") if isinstance(header.get("selection"), dict) else None,
     )
 
 
@@ -475,15 +523,48 @@ def _row(obj: dict[str, Any], number: int, kind: str, state: _State) -> None:
         raise _Failure(seq, f"seq {seq}: event_id {event_id} is used by an earlier row too")
     state.event_ids.add(event_id)
     state.counts[kind] += 1
+    refs = tuple(obj[c] for c in _BLOB_COLUMNS if obj[c])
+    state.refs_by_row[event_id] = refs
     if kind == "context":
+        if _selected(state.header or {}, obj):
+            raise _Failure(
+                seq,
+                f"seq {seq}: an event the bundle's selection covers ({_why_selected(state.header or {}, obj)}) "
+                "is shipped as a context row, its payload and blobs withheld",
+            )
         state.context_seqs.add(seq)
     else:
-        refs = tuple(obj[c] for c in _BLOB_COLUMNS if obj[c])
         state.refs_by_event[event_id] = refs
         state.event_seq[event_id] = seq
         for h in refs:
             state.refs.setdefault(h, seq)
     state.hashes[seq] = obj["entry_hash"]
+    state.seq_of[event_id] = seq
+
+
+def _selected(header: dict[str, Any], row: dict[str, Any]) -> bool:
+    """Whether ``row`` matches the header's selection (so it must be an event line, not context)."""
+    selection = header.get("selection")
+    if not isinstance(selection, dict):
+        return False
+    runs = selection.get("runs") or []
+    if runs and row.get("run_id") not in runs:
+        return False
+    since, until = selection.get("since"), selection.get("until")
+    at = row.get("occurred_at") or ""
+    if since is not None and at < since:
+        return False
+    if until is not None and at >= until:
+        return False
+    return True
+
+
+def _why_selected(header: dict[str, Any], row: dict[str, Any]) -> str:
+    selection = header.get("selection") or {}
+    parts = [f"run {row.get('run_id')}"] if selection.get("runs") else []
+    if selection.get("since") or selection.get("until"):
+        parts.append(f"occurred_at {row.get('occurred_at')} in the time window")
+    return ", ".join(parts) or "every event"
 
 
 def _blob(obj: dict[str, Any], number: int, state: _State) -> None:
@@ -522,8 +603,9 @@ def _check_blobs(state: _State) -> _Failure | None:
     assert walk is not None
     authorised: set[str] = set()
     for event_id, by_seq in walk.redaction_events:
-        if state.event_seq.get(event_id, by_seq) < by_seq:
-            authorised.update(state.refs_by_event.get(event_id, ()))
+        # The target may be a context row: its hashed blob columns still say what it referenced.
+        if state.seq_of.get(event_id, by_seq) < by_seq:
+            authorised.update(state.refs_by_row.get(event_id, ()))
     problems: list[tuple[int, str]] = []
     for digest, seq in state.refs.items():
         status = state.blobs.get(digest)

@@ -27,7 +27,7 @@ from ..errors import NotAStatecraftDatabase, StoreError
 from . import tables
 from .tables import SCHEMA_VERSION
 
-__all__ = ["DEFAULT_DB", "GUARD_TRIGGERS", "Database", "Synchronous", "database_url"]
+__all__ = ["DEFAULT_DB", "GUARD_TRIGGERS", "Database", "Synchronous", "database_url", "sqlite_path"]
 
 DEFAULT_DB = "statecraft.db"
 """Default database file, in the working directory (overridable: ``--db``, ``STATECRAFT_DB``)."""
@@ -89,7 +89,26 @@ def database_url(db: str | os.PathLike[str] | None) -> str:
     db = os.fspath(db)
     if "://" in db:
         return db
+    if db.startswith("file:"):
+        # An SQLite URI (https://sqlite.org/uri.html), e.g. file:/mnt/copy.db?mode=ro
+        return f"sqlite:///{db}{'&' if '?' in db else '?'}uri=true"
     return f"sqlite:///{Path(db).expanduser()}"
+
+
+def sqlite_path(url: str) -> str:
+    """The file path an SQLite URL names (``file:`` URIs unwrapped, query dropped); "" for other URLs."""
+    if not url.startswith("sqlite"):
+        return ""
+    path = url.split(":///", 1)[-1]
+    if path.startswith("file:"):
+        path = path[len("file:"):].split("?", 1)[0]
+    return path
+
+
+def _read_only_url(path: str) -> str:
+    # immutable=1: the file (and its folder) cannot change while we read, so
+    # SQLite needs no -wal/-shm files, which a read-only folder cannot hold.
+    return f"sqlite:///file:{Path(path).resolve()}?mode=ro&immutable=1&uri=true"
 
 
 class Database:
@@ -104,6 +123,13 @@ class Database:
         create: create the schema (and the ledger's genesis event) if the
             database is empty. With ``False`` an empty database raises.
         busy_timeout_ms: how long a writer waits for the lock before failing.
+        read_only: open for reading only. ``None`` (default): read-only when
+            the URL says so (``file:…?mode=ro``), or, with ``create=False``,
+            when the file cannot be opened for writing (a copy on read-only
+            media: a 444 file in a 555 folder, a read-only mount, an
+            immutable file); it is then opened with ``immutable=1``, so take
+            the copy of a quiet (checkpointed) database. Writing to a
+            read-only database raises ``StoreError``.
 
     Raises:
         NotAStatecraftDatabase: the file is not SQLite, or holds other tables
@@ -118,6 +144,7 @@ class Database:
         synchronous: Synchronous = "FULL",
         create: bool = True,
         busy_timeout_ms: int = 30_000,
+        read_only: bool | None = None,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', not {synchronous!r}")
@@ -126,34 +153,37 @@ class Database:
         self.is_sqlite = self.url.startswith("sqlite")
         self._closed = False
         self._local = threading.local()
+        self.read_only = bool(read_only) or "mode=ro" in self.url or "immutable=1" in self.url
         if self.is_sqlite:
-            path = self.url.split(":///", 1)[-1]
+            path = sqlite_path(self.url)
             if path and path != ":memory:" and not create and not Path(path).exists():
                 raise NotAStatecraftDatabase(f"{path}: no such database file")
             if path and path != ":memory:":
                 parent = Path(path).parent
                 if not parent.exists():
                     raise StoreError(f"{path}: directory {parent} does not exist")
-            self.engine: Engine = create_engine(
-                self.url,
-                # isolation_level=None hands transaction control to us, so that
-                # we can issue BEGIN IMMEDIATE (the pysqlite default defers BEGIN).
-                connect_args={"isolation_level": None, "check_same_thread": False},
-                poolclass=NullPool if path == ":memory:" else None,
-                # LIFO: a thread gets back the connection it just used, whose
-                # page cache is still valid; FIFO rotation would start most
-                # transactions on a cache another connection's commit had
-                # invalidated (several times slower per step, bench_transitions).
-                pool_use_lifo=path != ":memory:",
-            )
-            event.listen(self.engine, "connect", self._on_connect)
-            event.listen(self.engine, "begin", self._on_begin)
+            if read_only is None and not create and not self.read_only and path and not _writable(path):
+                self.read_only = True
+            if self.read_only and "mode=ro" not in self.url:
+                self.url = _read_only_url(path)
+            self._sqlite_engine(path)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True)
         try:
             self.ledger_id = self._init_schema(create)
         except (OperationalError, DatabaseError) as exc:
             self.engine.dispose()
+            path = sqlite_path(self.url)
+            if read_only is not False and not create and "immutable=1" not in self.url and path and _read_only_error(exc):
+                # Opening for writing failed where reading may not (read-only media).
+                self.read_only, self.url = True, _read_only_url(path)
+                self._sqlite_engine(path)
+                try:
+                    self.ledger_id = self._init_schema(create)
+                    return
+                except (OperationalError, DatabaseError) as again:
+                    self.engine.dispose()
+                    exc = again
             raise NotAStatecraftDatabase(
                 f"{self.url}: not a usable statecraft database ({exc.orig})"
             ) from exc
@@ -161,11 +191,32 @@ class Database:
             self.engine.dispose()
             raise
 
+    def _sqlite_engine(self, path: str) -> None:
+        self.engine = create_engine(
+            self.url,
+            # isolation_level=None hands transaction control to us, so that
+            # we can issue BEGIN IMMEDIATE (the pysqlite default defers BEGIN).
+            connect_args={"isolation_level": None, "check_same_thread": False},
+            poolclass=NullPool if path == ":memory:" else None,
+            # LIFO: a thread gets back the connection it just used, whose
+            # page cache is still valid; FIFO rotation would start most
+            # transactions on a cache another connection's commit had
+            # invalidated (several times slower per step, bench_transitions).
+            pool_use_lifo=path != ":memory:",
+        )
+        event.listen(self.engine, "connect", self._on_connect)
+        event.listen(self.engine, "begin", self._on_begin)
+
     def _on_connect(self, dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
         # busy_timeout: concurrent writers queue for the lock instead of failing
         # at once with "database is locked".
         cur.execute(f"PRAGMA busy_timeout = {int(30_000)}")
+        if self.read_only:
+            # Nothing will be written: journal and durability settings would
+            # themselves be writes (and fail on read-only media).
+            cur.close()
+            return
         # WAL: readers never block the writer and vice versa; one fsync per commit.
         cur.execute("PRAGMA journal_mode = WAL")
         # synchronous: FULL fsyncs the WAL at every commit, so an acknowledged
@@ -270,9 +321,10 @@ class Database:
         """One write transaction (``BEGIN IMMEDIATE`` on SQLite); commits on success.
 
         Raises:
-            StoreError: the database is closed.
+            StoreError: the database is closed, or opened read-only.
         """
         self._check_open()
+        self.check_writable()
         with self.engine.connect() as conn:
             self._local.begin_mode = "IMMEDIATE"
             try:
@@ -288,6 +340,14 @@ class Database:
         with self.engine.connect() as conn:
             with conn.begin():
                 yield conn
+
+    def check_writable(self) -> None:
+        """Raise ``StoreError`` (one line) if this database was opened read-only."""
+        if self.read_only:
+            raise StoreError(
+                f"{sqlite_path(self.url) or self.url} is open read-only (a read-only copy or mode=ro): "
+                "listing, showing and verifying work, changes do not"
+            )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -307,3 +367,18 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _writable(path: str) -> bool:
+    """Whether this process may write ``path`` and create files beside it (never true for root's
+    immutable files, which ``os.access`` cannot see: those are caught when opening fails)."""
+    target = Path(path)
+    if target.exists() and not os.access(target, os.W_OK):
+        return False
+    return os.access(target.parent, os.W_OK)
+
+
+def _read_only_error(exc: Exception) -> bool:
+    message = str(getattr(exc, "orig", exc)).lower()
+    return any(m in message for m in ("readonly", "read-only", "unable to open", "disk i/o error"))
+

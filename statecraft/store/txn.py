@@ -145,6 +145,7 @@ def write_tx(db: Database) -> AbstractContextManager[Tx]:
     if not db.is_sqlite:
         return _sa_write_tx(db)
     db._check_open()
+    db.check_writable()
     return _WriteTx(db, _writer(db))
 
 
@@ -256,6 +257,7 @@ def group_write(db: Database, work: Callable[[Tx], T]) -> T:
         with write_tx(db) as tx:
             return work(tx)
     db._check_open()
+    db.check_writable()
     writer = _writer(db)
     group = writer.group
     unit: _Unit[T] = _Unit(work)
