@@ -200,3 +200,17 @@ def test_a_run_bundle_downloads_and_verifies_offline(web: Web, engine: Engine, t
 
 def test_the_client_header_is_the_one_documented(web: Web) -> None:
     assert API_CLIENT_HEADER in DOCS.read_text()
+
+
+def test_the_custom_authenticator_example_in_the_docs_works(tmp_path: Path, monkeypatch: object) -> None:
+    block = re.findall(r"```python\n(.+?)```", DOCS.read_text(), re.S)
+    assert len(block) == 1
+    monkeypatch.chdir(tmp_path)  # type: ignore[attr-defined]
+    namespace: dict[str, object] = {}
+    exec(compile(block[0], str(DOCS), "exec"), namespace)
+    engine = namespace["engine"]
+    assert isinstance(engine, Engine)
+    with engine, TestClient(namespace["app"], base_url="http://review.example.com") as client:  # type: ignore[arg-type]
+        me = client.get("/api/me", headers={"X-Client-Cert-Subject": "CN=dana"})
+        assert me.json() == {"id": "CN=dana", "login": "CN=dana", "method": "mtls"}
+        assert client.get("/api/me").status_code == 401
