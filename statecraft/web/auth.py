@@ -43,6 +43,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Protocol, runtime_checkable
 
 from starlette.requests import HTTPConnection
@@ -68,7 +69,8 @@ class Principal:
     Attributes:
         id: the stable actor id recorded on the audit events they cause.
         login: the name they authenticated with (a login, or the proxy's user name).
-        method: how: ``basic``, ``form``, ``session`` or ``proxy-header``.
+        method: how: ``basic`` (HTTP Basic), ``password`` (a password check, as
+            the login form makes), ``session`` (the login form's cookie) or ``proxy-header``.
     """
 
     id: str
@@ -154,7 +156,7 @@ class UsersFileAuthenticator:
 
     Args:
         path: the users file.
-        cache_seconds: how long a successful password check is remembered.
+        cache_for: how long a successful password check is remembered.
         clock: monotonic seconds; inject for tests.
 
     Raises:
@@ -163,7 +165,11 @@ class UsersFileAuthenticator:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, cache_seconds: float = 300.0, clock: Callable[[], float] = time.monotonic
+        self,
+        path: str | os.PathLike[str],
+        *,
+        cache_for: timedelta = timedelta(minutes=5),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = os.fspath(path)
         self._users = read_users(self.path)
@@ -171,7 +177,7 @@ class UsersFileAuthenticator:
         self._lock = threading.Lock()
         self._cache: OrderedDict[bytes, tuple[str, float, str]] = OrderedDict()
         self._cache_key = secrets.token_bytes(32)
-        self._cache_seconds = cache_seconds
+        self._cache_seconds = cache_for.total_seconds()
         self._clock = clock
 
     def describe(self) -> str:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -66,15 +67,15 @@ class WebConfig:
         continue_runs: after an approval reaches the quorum, advance the run
             on a background thread of this process (else leave it to
             ``statecraft worker``).
-        continue_wait_s: how long an approval request waits for that
-            background advance before answering (seconds); the page then
+        continue_wait: how long an approval request waits for that
+            background advance before answering; the page then
             refreshes itself until the run stops moving.
         allowed_hosts: ``Host`` header values accepted (``*`` for any);
             refusing others stops DNS-rebinding pages from reaching a
             server bound to loopback.
         secure_cookies: mark cookies ``Secure`` (serve over HTTPS).
-        session_max_age_s: how long a login lasts (seconds).
-        csrf_max_age_s: how long a rendered form stays valid (seconds).
+        session_max_age: how long a login lasts.
+        csrf_max_age: how long a rendered form stays valid.
         stop_engine_on_shutdown: call ``Engine.stop`` when the app shuts
             down, so background advances end after their current step.
     """
@@ -82,11 +83,11 @@ class WebConfig:
     authenticators: tuple[Authenticator, ...]
     secret: bytes | None = None
     continue_runs: bool = True
-    continue_wait_s: float = 2.0
+    continue_wait: timedelta = timedelta(seconds=2)
     allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
     secure_cookies: bool = False
-    session_max_age_s: int = 8 * 3600
-    csrf_max_age_s: int = 8 * 3600
+    session_max_age: timedelta = timedelta(hours=8)
+    csrf_max_age: timedelta = timedelta(hours=8)
     stop_engine_on_shutdown: bool = False
 
 
@@ -140,7 +141,7 @@ class WebContext:
         found: Principal | None = None
         request.state.session_id = None
         claims = self.signer.check(
-            "session", request.cookies.get(SESSION_COOKIE), max_age_s=self.config.session_max_age_s
+            "session", request.cookies.get(SESSION_COOKIE), max_age_s=int(self.config.session_max_age.total_seconds())
         )
         if claims is not None and self.password_auth is not None and isinstance(claims.get("login"), str):
             found = self.password_auth.lookup(claims["login"])
@@ -177,14 +178,14 @@ class WebContext:
             return False
         subject = self.csrf_subject(request)
         return subject is not None and self.signer.csrf_ok(
-            token, subject, form, max_age_s=self.config.csrf_max_age_s
+            token, subject, form, max_age_s=int(self.config.csrf_max_age.total_seconds())
         )
 
     def new_session(self, response: Response, login: str) -> None:
         """Set a fresh session cookie for ``login`` (a new session id: no fixation)."""
         token = self.signer.sign("session", {"login": login, "sid": secrets.token_urlsafe(16)})
         response.set_cookie(
-            SESSION_COOKIE, token, max_age=self.config.session_max_age_s, httponly=True,
+            SESSION_COOKIE, token, max_age=int(self.config.session_max_age.total_seconds()), httponly=True,
             samesite="strict", secure=self.config.secure_cookies, path="/",
         )
         response.delete_cookie(LOGIN_COOKIE, path="/")
@@ -226,15 +227,14 @@ class WebContext:
     def continue_run(self, info: RunInfo) -> RunInfo:
         """After a decision, advance a RUNNING run in the background; wait briefly for it.
 
-        Returns the run as it stands after at most ``continue_wait_s``
-        seconds (unchanged if continuing is off or the run is not RUNNING).
+        Returns the run as it stands after at most ``continue_wait`` (unchanged if continuing is off or the run is not RUNNING).
         """
         if not self.config.continue_runs or info.status != RunStatus.RUNNING:
             return info
         future: Future[RunInfo] = self.executor.submit(self.engine.advance, info.run_id)
         future.add_done_callback(_log_failure(info.run_id))
         try:
-            return future.result(timeout=self.config.continue_wait_s)
+            return future.result(timeout=self.config.continue_wait.total_seconds())
         except FutureTimeout:
             return self.engine.get(info.run_id)
         except Exception:  # logged by the callback; the decision itself is committed

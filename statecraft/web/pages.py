@@ -9,7 +9,7 @@ with a CSRF token and redirect (303) to a page that shows the outcome.
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
@@ -106,7 +106,7 @@ def run_page(request: Request, ctx: Ctx, viewer: Viewer, run_id: str) -> Respons
     except StatecraftError as exc:
         return error_page(ctx, request, exc, run_id=run_id)
     moving = view.run is not None and view.run.status in (RunStatus.RUNNING, RunStatus.IDLE)
-    return ctx.render(request, "run.html", view=view, refresh=moving, max_comment=MAX_COMMENT_CHARS)
+    return ctx.render(request, "run_page.html", view=view, refresh=moving, max_comment=MAX_COMMENT_CHARS)
 
 
 def _decide(
@@ -125,7 +125,7 @@ def _decide(
         notice = "rejected"
     else:
         notice = "approval_recorded" if info.status == RunStatus.WAITING_FOR_APPROVAL else "approved"
-    return RedirectResponse(f"/runs/{ctx.templates.filters['seg'](run_id)}?notice={notice}", status_code=303)
+    return RedirectResponse(f"/runs/{quote(run_id, safe='')}?notice={notice}", status_code=303)
 
 
 @router.post("/runs/{run_id}/approve")
@@ -177,7 +177,7 @@ def ledger_page(request: Request, ctx: Ctx, viewer: Viewer) -> Response:
         view = ledger_view(ctx.engine)
     except StatecraftError as exc:
         return error_page(ctx, request, exc)
-    return ctx.render(request, "ledger.html", view=view)
+    return ctx.render(request, "ledger_page.html", view=view)
 
 
 # -- logging in and out ----------------------------------------------------------------

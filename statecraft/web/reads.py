@@ -17,6 +17,7 @@ These models are also the JSON API's response shapes (OpenAPI).
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -73,6 +74,8 @@ class GateView(BaseModel):
             (``allow_self_approval`` is ``None`` for a gate without policy).
         who_may_approve: the policy in one sentence.
         deadline_at, on_timeout: the approval deadline (UTC) and what then happens.
+        overdue: the deadline has passed; the next ``statecraft worker`` pass
+            (or an attempt to decide) applies ``on_timeout``.
         state: the state the approval would let the run continue with.
         may_approve, refusal: for the viewing principal, whether the policy
             lets them approve, and why not (``None`` without a viewer). The
@@ -105,6 +108,7 @@ class GateView(BaseModel):
     who_may_approve: str
     deadline_at: str | None
     on_timeout: str | None
+    overdue: bool
     state: dict[str, Any]
     may_approve: bool | None = None
     refusal: str | None = None
@@ -219,6 +223,8 @@ def gate_view(engine: Engine, info: RunInfo, viewer: str | None = None) -> GateV
         who_may_approve=_who(policy, info.started_by, requested_by, None if request is None else request["actor_type"]),
         deadline_at=deadline_at,
         on_timeout=payload.get("on_timeout") if deadline_at else None,
+        # Stored times are fixed-width UTC text, so text order is time order.
+        overdue=deadline_at is not None and deadline_at <= datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         state=info.state,
         may_approve=may,
         refusal=refusal,

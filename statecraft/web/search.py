@@ -18,7 +18,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..audit.chain import ALL_COLUMNS
@@ -52,7 +52,7 @@ class SearchForm:
 
     def query(self, **changes: str) -> dict[str, str]:
         """The non-empty fields as query parameters, with ``changes`` applied (for paging links)."""
-        values = {**self.__dict__, **changes}
+        values = {**asdict(self), **changes}
         return {k: v for k, v in values.items() if v}
 
 

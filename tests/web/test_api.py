@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -214,3 +215,16 @@ def test_the_custom_authenticator_example_in_the_docs_works(tmp_path: Path, monk
         me = client.get("/api/me", headers={"X-Client-Cert-Subject": "CN=dana"})
         assert me.json() == {"id": "CN=dana", "login": "CN=dana", "method": "mtls"}
         assert client.get("/api/me").status_code == 401
+
+
+def test_a_gate_past_its_deadline_is_marked_and_cannot_be_approved_any_more(web: Web, db_path: Path) -> None:
+    long_ago = datetime.now(UTC) - timedelta(hours=5)  # the step's approval deadline is four hours
+    with Engine(db_path, clock=lambda: long_ago) as earlier:
+        run = start_payment(earlier, 5000)
+    assert run.pending is not None
+    item = web.client.get("/api/inbox", headers=basic("cfo")).json()["items"][0]
+    assert item["overdue"] is True
+    assert "passed: the next worker pass applies it" in web.client.get("/inbox", headers=basic("cfo")).text
+    late = _approve(web.client, run.run_id, "cfo", run.pending.proposal_digest)
+    assert late.status_code == 409
+    assert [e.event_type for e in web.engine.events(run.run_id)][-1] == "approval.expired"
