@@ -29,11 +29,13 @@ from typing import Any
 from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, Response
 
 from ..engine import Engine
 from ..lifecycle import RunStatus
+from ..render import safe
 from ..views import RunInfo
 from .auth import Authenticator, PasswordAuthenticator, Principal
 from .tokens import Signer
@@ -91,6 +93,22 @@ class WebConfig:
     stop_engine_on_shutdown: bool = False
 
 
+def visible(value: Any) -> Any:
+    r"""What a page prints for ``value``: text with every character showing as itself, lines kept.
+
+    Escaping (autoescape) makes markup inert; this makes text honest. Control
+    characters, bidi overrides and zero-width characters could otherwise
+    reorder or hide what a reviewer reads (``alice\u202e…``), so each line
+    goes through :func:`statecraft.render.safe`, which shows them as visible
+    escapes (``\u202e``); line breaks (``\n``, ``\r\n``) stay, for
+    multi-line comments and JSON.
+    Markup the app itself built (``Markup``) and non-text values pass unchanged.
+    """
+    if isinstance(value, Markup) or not isinstance(value, str):
+        return value
+    return "\n".join(safe(line) for line in value.replace("\r\n", "\n").split("\n"))
+
+
 def _usd(micros: int | None) -> str:
     return "" if micros is None else f"${micros / 1e6:.6f}"
 
@@ -117,8 +135,11 @@ class WebContext:
     def __post_init__(self) -> None:
         self.signer = Signer(self.config.secret)
         # autoescape=True for every template: nothing from the ledger is markup.
+        # finalize: every value a template prints passes through visible() first,
+        # so control and bidi/invisible characters show as escapes (render.safe).
         self.templates = Environment(
-            loader=PackageLoader("statecraft.web", "templates"), autoescape=True, undefined=StrictUndefined
+            loader=PackageLoader("statecraft.web", "templates"), autoescape=True, undefined=StrictUndefined,
+            finalize=visible,
         )
         self.templates.filters["usd"] = _usd
         self.templates.filters["seg"] = _path_segment

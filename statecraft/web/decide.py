@@ -67,7 +67,8 @@ def decide(engine: Engine, principal: Principal, decision: Decision) -> RunInfo:
         RunNotFound, IllegalTransition: no such run, or it does not wait.
     """
     run_id = decision.run_id
-    comment = (decision.comment or "").strip() or None
+    # Browsers send a textarea's line breaks as CRLF (HTML spec); record plain newlines.
+    comment = (decision.comment or "").replace("\r\n", "\n").strip() or None
     if not decision.digest:
         raise RunError(f"run {run_id}: a decision names the proposal digest it was shown", run_id=run_id)
     if comment is not None and len(comment) > MAX_COMMENT_CHARS:

@@ -5,7 +5,8 @@ The query string takes the CLI's option names (``run``, ``machine``,
 ``step``, ``status``, ``since``, ``until``, ``model``, ``after``, ``limit``)
 and builds the same :class:`~statecraft.audit.query.EventFilter`, so a page
 and ``audit log`` with the same filters list the same events, and the
-exports are byte-for-byte what ``audit log --csv`` / ``--json`` print.
+exports are byte-for-byte what ``audit log --csv`` / ``--json`` print
+(formula-like CSV cells defused the same way, statecraft/render.py).
 
 Exports stream in pages of 1,000 events by keyset (``after_seq``), each page
 its own short read transaction: the ledger is append-only, so pages cannot
@@ -24,6 +25,7 @@ from typing import Any
 from ..audit.chain import ALL_COLUMNS
 from ..audit.query import EventFilter, iter_events, parse_time
 from ..lifecycle import RunStatus
+from ..render import csv_cell
 from ..store.db import Database
 
 __all__ = ["PAGE_DEFAULT", "SearchForm", "csv_chunks", "events_page", "jsonl_chunks", "parse_search"]
@@ -132,7 +134,11 @@ def _batches(db: Database, flt: EventFilter) -> Iterator[list[dict[str, Any]]]:
 
 
 def csv_chunks(db: Database, flt: EventFilter) -> Iterator[str]:
-    """``audit log --csv``: a header of every column, then one row per event (``None`` as empty). Read-only."""
+    """``audit log --csv``: a header of every column, then one row per event. Read-only.
+
+    ``None`` is an empty cell; text that a spreadsheet would evaluate as a
+    formula is defused with a leading ``'`` (``render.csv_cell``), as the CLI does.
+    """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(ALL_COLUMNS))
     writer.writeheader()
@@ -141,7 +147,7 @@ def csv_chunks(db: Database, flt: EventFilter) -> Iterator[str]:
         buffer.seek(0)
         buffer.truncate()
         for e in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in e.items()})
+            writer.writerow({k: ("" if v is None else csv_cell(v)) for k, v in e.items()})
         yield buffer.getvalue()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -154,12 +156,18 @@ def test_the_timeline_json_marks_redactions_and_resolves_bodies(web: Web, engine
 def test_the_exports_are_byte_for_byte_what_audit_log_prints(web: Web, engine: Engine, db_path: Path) -> None:
     for amount in (10, 5000, 20):
         start_payment(engine, amount)
+    small = engine.list(status=RunStatus.WAITING_FOR_APPROVAL)[-1]
+    assert small.pending is not None
+    engine.approve(small.run_id, by="user:cfo", digest=small.pending.proposal_digest,
+                   comment='=HYPERLINK("http://evil.example","click")')
     cli = Cli(db_path)
     for query, options in (({}, ()), ({"event": "approval.*"}, ("--event", "approval.*")),
                            ({"actor": "user:clerk", "after": "3"}, ("--actor", "user:clerk", "--after", "3"))):
         csv_web = web.client.get("/api/audit/events.csv", params=query, headers=basic("alice"))
         assert csv_web.status_code == 200 and csv_web.headers["content-type"].startswith("text/csv")
         assert csv_web.content == cli("audit", "log", *options, "--csv").stdout_bytes
+        cells = [c for row in csv.reader(io.StringIO(csv_web.text)) for c in row]
+        assert not any(c.startswith(("=", "+", "@")) for c in cells)  # formula cells defused, as by the CLI
         jsonl_web = web.client.get("/api/audit/events.jsonl", params=query, headers=basic("alice"))
         assert jsonl_web.content == cli("audit", "log", *options, "--json").stdout_bytes
 

@@ -276,6 +276,20 @@ def test_hostile_actor_ids_comments_and_agent_output_are_escaped_on_every_page(w
     assert "<img" not in missing.text and "&lt;img src=x" in missing.text
 
 
+def test_control_and_bidi_characters_show_as_visible_escapes_and_line_breaks_stay(web: Web, engine: Engine) -> None:
+    run = start_payment(engine, 10, note="pay mallory\u202eecilA\u200b", by="user:mallory\r\x1b[2Kalice")
+    web.login("alice")
+    assert web.decide(run.run_id, text="line one\r\nline two\u202e").status_code == 303
+    page = web.client.get(f"/runs/{run.run_id}").text
+    for raw in ("\u202e", "\u200b", "\x1b", "\r"):
+        assert raw not in page, repr(raw)
+    assert "pay mallory\\u202eecilA\\u200b" in page
+    assert "user:mallory\\x0d\\x1b[2Kalice" in page
+    assert "line one\nline two\\u202e" in page  # the browser's CRLF recorded as a newline, shown as one
+    granted = [e.reason for e in engine.events(run.run_id) if e.event_type == "approval.granted"]
+    assert granted == ["line one\nline two\u202e"]  # the ledger keeps the exact text
+
+
 def test_every_response_forbids_scripts_inline_styles_and_framing(web: Web, engine: Engine) -> None:
     run = start_payment(engine, 10)
     web.login("alice")
