@@ -186,12 +186,13 @@ def test_events_page_by_seq_with_the_filters_of_audit_log(web: Web, engine: Engi
     assert bad.status_code == 400 and "offset" in bad.json()["message"]
 
 
-def test_the_ledger_json_is_the_verify_report_and_the_last_anchor(web: Web, engine: Engine) -> None:
+def test_the_ledger_json_is_the_verify_report_and_the_last_anchor(web: Web, engine: Engine, db_path: Path) -> None:
     start_payment(engine, 10)
     anchor = take_anchor(engine.db, by="auditor@example.com")
     body = web.client.get("/api/ledger", headers=basic("alice")).json()
     assert body["report"]["ok"] is True and body["report"]["last_seq"] == anchor.seq
     assert body["summary"].startswith(f"OK up to seq {anchor.seq}")
+    assert body["summary"] == Cli(db_path)("audit", "verify").stdout.strip()  # the CLI's own line
     assert body["last_anchor"] == {"source": "ledger.anchored event", "seq": anchor.seq,
                                    "entry_hash": anchor.entry_hash, "time": anchor.time, "by": "auditor@example.com"}
 
