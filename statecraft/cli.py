@@ -500,8 +500,10 @@ def graph(machine_ref: str | None, lifecycle: bool) -> None:
 
 def _register_subgroups() -> None:
     from .cli_audit import audit
+    from .web.command import serve  # imports click only; FastAPI loads when `serve` runs
 
     main.add_command(audit)
+    main.add_command(serve)
 
 
 _register_subgroups()
