@@ -25,7 +25,7 @@ from sqlmodel import SQLModel
 from .._time import format_utc, utc_now
 from ..errors import NotAStatecraftDatabase, StoreError
 from . import tables
-from .tables import SCHEMA_VERSION
+from .migrations import SCHEMA_VERSION
 
 __all__ = ["DEFAULT_DB", "GUARD_TRIGGERS", "Database", "Synchronous", "database_url", "sqlite_path"]
 
@@ -256,14 +256,30 @@ class Database:
         version = int(meta.get("schema_version", "0"))
         if version > SCHEMA_VERSION:
             raise NotAStatecraftDatabase(
-                f"{self.url}: schema version {version} is newer than this statecraft ({SCHEMA_VERSION})"
+                f"{sqlite_path(self.url) or self.url}: schema version {version} is newer than this "
+                f"statecraft knows ({SCHEMA_VERSION}); upgrade statecraft to open it"
             )
         if "ledger_id" not in meta:
             raise NotAStatecraftDatabase(f"{self.url}: statecraft_meta has no ledger_id")
-        return str(meta["ledger_id"])
+        ledger_id = str(meta["ledger_id"])
+        if version < SCHEMA_VERSION and not self.read_only:
+            self._upgrade(ledger_id)
+        return ledger_id
+
+    def _upgrade(self, ledger_id: str) -> None:
+        """Apply pending migrations in one write transaction (statecraft/store/migrations.py)."""
+        from .migrations import upgrade
+
+        with self.write() as conn:
+            # Read again under the write lock: another process may have upgraded meanwhile.
+            version = int(conn.execute(
+                text("SELECT value FROM statecraft_meta WHERE key = 'schema_version'")
+            ).scalar() or 0)
+            upgrade(conn, ledger_id=ledger_id, now=format_utc(utc_now()), from_version=version)
 
     def _create_schema(self) -> str:
         from ..audit.chain import HASHED_COLUMNS, append_event
+        from .migrations import record_all
 
         with self.write() as conn:
             # Another process may have created it between our check and the lock.
@@ -278,6 +294,7 @@ class Database:
                     t.__table__  # type: ignore[union-attr]
                     for t in (
                         tables.MetaRow,
+                        tables.MigrationRow,
                         tables.RunRow,
                         tables.BlobRow,
                         tables.SideEffectRow,
@@ -300,6 +317,7 @@ class Database:
                     {"k": "created_at", "v": now},
                 ],
             )
+            record_all(conn, now)  # created at the newest schema: every migration is in it
             append_event(
                 conn,
                 ledger_id=ledger_id,

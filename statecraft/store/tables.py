@@ -19,12 +19,19 @@ __all__ = [
     "CHECKPOINT_VIEW",
     "MetaRow",
     "RunRow",
+    "MigrationRow",
     "SideEffectRow",
-    "SCHEMA_VERSION",
 ]
 
-SCHEMA_VERSION = 1
-"""Version of the database schema; recorded in ``statecraft_meta``."""
+
+
+class MigrationRow(SQLModel, table=True):
+    """One schema migration applied to this database (statecraft/store/migrations.py)."""
+
+    __tablename__ = "statecraft_migration"
+
+    name: str = Field(primary_key=True)
+    applied_at: str
 
 
 class MetaRow(SQLModel, table=True):
