@@ -36,6 +36,25 @@ R7    medium    governing_law                   a contract or terms names no gov
 R8    low       warranty_disclaimer             service provided "AS IS" / warranties disclaimed
 R9    low       payment_terms                   late-payment interest or non-refundable fees
 ====  ========  ==============================  =============================================
+
+Why the analysis is shaped for long input (issue #9):
+
+* **Linear work.** Every pattern runs once over the text, and everything done
+  per match reads a bounded window: :meth:`Document.sentence` stops at
+  :data:`SENTENCE_REACH` characters either side of the match when the text
+  has no sentence break nearer (a flattened PDF, a page of minified HTML),
+  instead of taking the whole document as "the sentence" and re-reading it
+  for every match, which made risk assessment quadratic (1 MB: 299 s). The
+  offset map and the markup scan are linear too (an unclosed ``<!--`` is
+  searched for its end once, not once per ``<!--``).
+* **Verdicts that do not depend on length.** The state keeps the
+  :data:`MAX_FINDINGS_PER_CATEGORY` strongest findings per category (it is
+  checkpointed after every step, so it must stay small), but
+  :func:`assess_risk` judges every finding of :func:`detect_findings`: a
+  no-notice auto-renewal clause outranked by twenty others still fires R2a.
+* **Bounded input.** :func:`document_problem` refuses a document above
+  :data:`MAX_DOCUMENT_CHARS` characters, or one with no text at all, before
+  any analysis; the machine turns that into a one-line error.
 """
 
 # No ``from __future__ import annotations``: this file is loaded by path under
@@ -62,8 +81,11 @@ Category = Literal[
 Kind = Literal["contract", "policy", "terms", "other"]
 Severity = Literal["low", "medium", "high"]
 Percent = Annotated[int, Field(ge=0, le=100)]
-MAX_QUOTE = 300
-MAX_FINDINGS_PER_CATEGORY = 3
+MAX_QUOTE = 300  # characters of text in a quote; markup inside it is not counted
+MAX_QUOTE_SPAN = 1_000  # characters of the original a quote may span, markup included
+MAX_FINDINGS_PER_CATEGORY = 3  # kept in the state; risk rules judge every finding
+MAX_DOCUMENT_CHARS = 6_000_000  # the largest document reviewed (docs/contract_review.md, "Limits")
+SENTENCE_REACH = 2_000  # characters a sentence may reach from its match when no break is nearer
 
 
 # -- findings -----------------------------------------------------------------
@@ -78,7 +100,8 @@ class Clause(_Frozen):
     category: Category
     heading: str = Field(description="innermost heading of the section; '' before the first heading")
     heading_path: tuple[str, ...] = ()
-    quote: str = Field(description="exact substring of the document, at most 300 characters")
+    quote: str = Field(description="exact substring of the document: at most 300 characters of text "
+                                   "(markup not counted), 1,000 in all")
     start: int = Field(ge=0, description="character offset of the quote (str index)")
     end: int = Field(ge=0)
     line: int = Field(ge=1, description="1-based line of the quote's start")
@@ -104,18 +127,22 @@ class Risk(_Frozen):
 # -- document model: markup-free view, headings, sentences ---------------------
 
 _MARKUP = re.compile(
-    r"<!--.*?-->|<[A-Za-z/][^<>\n]{0,300}>"  # HTML comments and tags
-    r"|\]\([^()\s]*(?:\([^()\s]*\)[^()\s]*)*\)|(?<![\w\]])\[(?=[^\[\]\n]{1,300}\]\()"  # link syntax
+    r"<!--"  # an HTML comment's opening: _markup_spans finds where it ends
+    r"|<[A-Za-z/][^<>\n]{0,300}>"  # HTML tags
+    r"|\]\([^()\s]{0,2000}(?:\([^()\s]{0,2000}\)[^()\s]{0,2000})*\)|(?<![\w\]])\[(?=[^\[\]\n]{1,300}\]\()"  # link syntax
     r"|\*\*|__|(?<![\w*])[*_](?=\w)|(?<=\w)[*_](?![\w*])",  # emphasis markers
-    re.S,
 )
 _ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t#]*$", re.M)
 _HTML_HEADER = re.compile(
-    r'<(?:h([1-6])|span class="head(?:er|ing)_?([1-6])"(?: id="([^"]{1,20})")?)[^>]*>([^<\n]{1,200})</(?:h[1-6]|span)>'
+    r'<(?:h([1-6])|span class="head(?:er|ing)_?([1-6])"(?: id="([^"]{1,20})")?)[^<>]{0,300}>([^<\n]{1,200})</(?:h[1-6]|span)>'
 )
+# The title may hold inline HTML (``**<span id="8.1">Fees</span>.**``): its
+# length is checked on the text without markup, so the raw match may be longer.
 _BOLD_LEAD = re.compile(
-    r"^[ \t>]*(?:[-*+][ \t]+|(\d+(?:\.\d+)*[.)])[ \t]+)?\*\*(?![\"“'‘])([^*\n]{2,90}?)\*\*[ \t]*\.?(?=[ \t]|$)", re.M
+    r"^[ \t>]*(?:[-*+][ \t]+|(\d+(?:\.\d+)*[.)])[ \t]+)?\*\*(?![\"“'‘])([^*\n]{2,300}?)\*\*[ \t]*\.?(?=[ \t]|$)", re.M
 )
+_BOLD_TITLE_MAX = 90
+_QUOTE_MARKS = "\"“”'‘’"
 _NUMBER = re.compile(r"(?:\d+(?:\.\d+)*\.?|[A-Z]\d*(?:[.-]\d+)*\.|\([a-z0-9]{1,4}\))\s")
 _WORD = r"(?:[A-Z][\w’'&/-]*|of|and|or|the|to|for|on|in|by|a|an|with)"
 _RUN_IN = re.compile(
@@ -127,6 +154,37 @@ _SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"”’')\]]*[ \t]+(?=[\"“‘'(\[]?
 _LIST_MARKER = re.compile(r"(?:\d+(?:\.\d+)*\.?|\([a-z0-9]{1,4}\)|[a-z]\.)[ \t]+")
 _ABBREVIATIONS = {"e.g", "i.e", "inc", "ltd", "co", "no", "nos", "sec", "u.s", "etc", "vs", "mr", "ms",
                   "dr", "st", "cf", "art", "para", "corp", "llc", "b.v", "s.a", "n.v", "u.k", "jr"}
+# Markup a quote may take in at its edges, so that it opens or closes what it
+# cuts through (``<span class="x">Customer</span> will ...``), not a dangling tag.
+_OPENING_MARKUP = re.compile(r"(?:<[A-Za-z][^<>]*>|\*\*|__|[*_]|\[)+")
+_CLOSING_MARKUP = re.compile(r"(?:</[A-Za-z][^<>]*>|\*\*|__|[*_]|\]\([^\s]*\))+")
+_EDGE_MARKUP_MAX = 200
+_WORD_CHAR = re.compile(r"\w")
+_ANY_WORD = re.compile(r"[A-Za-z][\w’'-]*")
+_TITLE_WORD = re.compile(r"[A-Z][a-z][\w’'-]*")  # Title Case; ALL CAPS is emphasis, not a name
+
+
+def _markup_spans(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of every markup run of ``text``, in order, never overlapping.
+
+    A comment runs to the first ``-->`` after its ``<!--``; an unclosed
+    ``<!--`` is text. Once no ``-->`` is left, later openings are not searched
+    again: a regex ``<!--.*?-->`` re-reads the rest of the text for each of
+    them, which is quadratic on a text with many unclosed comments.
+    """
+    pos, closable = 0, True
+    while (m := _MARKUP.search(text, pos)) is not None:
+        if m.group(0) == "<!--":
+            close = text.find("-->", m.end()) if closable else -1
+            if close == -1:
+                closable = False
+                pos = m.end()
+                continue
+            yield m.start(), close + 3
+            pos = close + 3
+        else:
+            yield m.span()
+            pos = m.end()
 
 
 def first_heading(text: str) -> str | None:
@@ -137,7 +195,55 @@ def first_heading(text: str) -> str | None:
 
 def strip_markup(text: str) -> str:
     """Text without HTML tags, link targets and emphasis markers, whitespace collapsed."""
-    return " ".join(_MARKUP.sub("", text).split())
+    parts, pos = [], 0
+    for a, b in _markup_spans(text):
+        parts.append(text[pos:a])
+        pos = b
+    parts.append(text[pos:])
+    return " ".join("".join(parts).split())
+
+
+def _has_text(text: str) -> bool:
+    """Whether any word character lies outside markup; stops at the first one."""
+    pos = 0
+    for a, b in _markup_spans(text):
+        if _WORD_CHAR.search(text, pos, a):
+            return True
+        pos = b
+    return _WORD_CHAR.search(text, pos) is not None
+
+
+@dataclass(frozen=True)
+class DocumentProblem:
+    """Why a text cannot be reviewed; ``code`` is the run's ``error_code``."""
+
+    code: Literal["empty_document", "document_too_large"]
+    message: str
+
+
+def document_problem(text: str) -> DocumentProblem | None:
+    """Whether ``text`` can be reviewed at all: not empty, not above :data:`MAX_DOCUMENT_CHARS`.
+
+    Args:
+        text: the document as the run received it.
+
+    Returns:
+        ``None`` when it can be reviewed, else the problem. Reads at most the
+        whole text once (the size check comes first, so an oversized text is
+        refused without being scanned).
+    """
+    if len(text) > MAX_DOCUMENT_CHARS:
+        return DocumentProblem(
+            "document_too_large",
+            f"the document has {len(text):,} characters; contract_review reviews at most "
+            f"{MAX_DOCUMENT_CHARS:,} (MAX_DOCUMENT_CHARS): split it into parts",
+        )
+    if not _has_text(text):
+        return DocumentProblem(
+            "empty_document",
+            "the document is empty: it has no text to review (only whitespace or markup)",
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -151,21 +257,32 @@ class Section:
 
 class Document:
     """A parsed document: the original text, a markup-free copy mapped back to
-    it, its sections and its sentences. Pure; built once per agent call."""
+    it, its sections and its sentences. Pure; built once per agent call, in
+    time linear in the text."""
 
     def __init__(self, text: str) -> None:
         self.text = text
-        kept: list[tuple[int, int]] = []
+        kept: list[tuple[int, int]] = []  # original spans of the text between markup runs
         pos = 0
-        for m in _MARKUP.finditer(text):
-            kept.append((pos, m.start()))
-            pos = m.end()
-        kept.append((pos, len(text)))
+        for a, b in _markup_spans(text):
+            if a > pos:
+                kept.append((pos, a))
+            pos = b
+        if pos < len(text):
+            kept.append((pos, len(text)))
         self.clean = "".join(text[a:b] for a, b in kept)
-        self._map: list[int] = []  # clean index -> original index
+        # One entry per kept segment, not one per character: a 5 MB text would
+        # otherwise hold five million ints to map offsets.
+        self._seg_clean: list[int] = []  # clean offset where each segment starts
+        self._seg_orig: list[int] = []  # original offset where it starts
+        self._seg_orig_end: list[int] = []
+        offset = 0
         for a, b in kept:
-            self._map.extend(range(a, b))
-        self._newlines = [i for i, ch in enumerate(text) if ch == "\n"]
+            self._seg_clean.append(offset)
+            self._seg_orig.append(a)
+            self._seg_orig_end.append(b)
+            offset += b - a
+        self._newlines = [m.start() for m in re.finditer("\n", text)]
         self.sections = self._sections()
         self._section_starts = [s.start for s in self.sections]
         self._breaks = [(m.start(), m.end()) for m in _SENTENCE_BREAK.finditer(self.clean)
@@ -173,12 +290,23 @@ class Document:
         self._break_starts = [b[0] for b in self._breaks]
 
     # coordinates
+    def _orig(self, index: int) -> int:
+        """Original offset of the clean character at ``index``."""
+        k = bisect.bisect_right(self._seg_clean, index) - 1
+        return self._seg_orig[k] + (index - self._seg_clean[k])
+
     def to_clean(self, offset: int) -> int:
-        return bisect.bisect_left(self._map, offset)
+        """Clean index of the first clean character at or after original ``offset``."""
+        k = bisect.bisect_right(self._seg_orig, offset) - 1
+        if k < 0:
+            return 0
+        if offset < self._seg_orig_end[k]:
+            return self._seg_clean[k] + (offset - self._seg_orig[k])
+        return self._seg_clean[k] + (self._seg_orig_end[k] - self._seg_orig[k])
 
     def to_original(self, start: int, end: int) -> tuple[int, int]:
         """Clean span -> original span (end exclusive)."""
-        return self._map[start], self._map[end - 1] + 1
+        return self._orig(start), self._orig(end - 1) + 1
 
     def line_of(self, offset: int) -> int:
         return bisect.bisect_left(self._newlines, offset) + 1
@@ -187,13 +315,17 @@ class Document:
         return self.sections[max(0, bisect.bisect_right(self._section_starts, offset) - 1)]
 
     # structure
+    def _line_start(self, offset: int) -> int:
+        i = bisect.bisect_left(self._newlines, offset)
+        return self._newlines[i - 1] + 1 if i else 0
+
     def _headings(self) -> list[tuple[int, int, int, str]]:
         """(start, body_start, level, title) for every heading, in text order."""
         found: dict[int, tuple[int, int, int, str]] = {}
         for m in _ATX.finditer(self.text):
             found[m.start()] = (m.start(), m.end(), len(m.group(1)), strip_markup(m.group(2)))
         for m in _HTML_HEADER.finditer(self.text):
-            line_start = self.text.rfind("\n", 0, m.start()) + 1
+            line_start = self._line_start(m.start())
             title = strip_markup(m.group(4))
             if m.group(3):
                 title = f"{m.group(3)} {title}"
@@ -201,7 +333,9 @@ class Document:
         for m in _BOLD_LEAD.finditer(self.text):
             title = strip_markup(m.group(2))
             if (m.start() in found or title.endswith(":") or not re.search(r"[A-Za-z]{2}", title)
-                    or len(title.split()) > 12):
+                    or len(title.split()) > 12 or len(title) > _BOLD_TITLE_MAX
+                    or title[0] in _QUOTE_MARKS  # "**<span>“Affiliate”</span>**": a defined term
+                    or self._continues_a_sentence(m.end())):
                 continue
             if m.group(1):  # "8. **Disclaimer**.": the list number belongs to the title
                 title = f"{m.group(1)} {title}"
@@ -214,6 +348,16 @@ class Document:
                 title = f"{marker} {strip_markup(m.group(2))}"
                 found[m.start()] = (m.start(), m.end(2) + 1, 7 + marker.strip(".").count("."), title)
         return [found[k] for k in sorted(found)]
+
+    def _continues_a_sentence(self, offset: int) -> bool:
+        """Whether the line goes on, after bold text ending at ``offset``, as the same sentence.
+
+        ``* **GitHub Enterprise Cloud** users may ...`` starts a body in bold; a
+        heading is alone on its line or followed by a new sentence
+        (``**Fees.** Customer will pay ...``, ``**Payment Terms** Our pricing ...``).
+        """
+        rest = strip_markup(self.text[offset:offset + 80].split("\n", 1)[0])
+        return bool(rest) and (rest[0].islower() or rest[0] in ",;)")
 
     def _sections(self) -> list[Section]:
         headings = self._headings()
@@ -235,17 +379,53 @@ class Document:
 
     # evidence
     def sentence(self, start: int, end: int, floor: int = 0) -> tuple[int, int]:
-        """The sentence around clean span [start, end), in clean coordinates."""
+        """The sentence around clean span [start, end), in clean coordinates.
+
+        Never more than :data:`SENTENCE_REACH` characters before ``start`` or
+        after ``end`` (cut at a space), so whatever reads a match's sentence
+        does bounded work per match even where the text has no sentence break.
+        """
         i = bisect.bisect_right(self._break_starts, start) - 1
         s_start = self._breaks[i][1] if i >= 0 else 0
         if s_start > start:  # the match begins inside a break's whitespace
             s_start = start
         j = bisect.bisect_left(self._break_starts, end)
         s_end = self._breaks[j][0] if j < len(self._breaks) else len(self.clean)
+        if start - s_start > SENTENCE_REACH:
+            space = self.clean.find(" ", start - SENTENCE_REACH, start)
+            s_start = space + 1 if space != -1 else start - SENTENCE_REACH
+        if s_end - end > SENTENCE_REACH:
+            space = self.clean.rfind(" ", end, end + SENTENCE_REACH)
+            s_end = space if space != -1 else end + SENTENCE_REACH
         return max(s_start, floor), max(s_end, end)
 
+    def names_a_term(self, start: int, end: int) -> bool:
+        """Whether clean span [start, end) is part of a capitalised name, such as a defined term.
+
+        "Uncapped Claims" or "Unlimited Liability Amount" name a kind of claim
+        or amount; "uncapped liability" says something. A name: every word of
+        the span is in Title Case, and the span has two words, or the next
+        word is in Title Case too, or it opens with a quotation mark.
+        """
+        words = _ANY_WORD.findall(self.clean[start:end])
+        if not words or not all(_TITLE_WORD.fullmatch(w) for w in words):
+            return False
+        following = re.match(r"[ \t]+([A-Za-z][\w’'-]*)", self.clean[end:end + 40])
+        quoted = self.clean[max(0, start - 1):start] in ("\"", "“")
+        return len(words) >= 2 or quoted or bool(following and _TITLE_WORD.fullmatch(following.group(1)))
+
+    def _excess(self, start: int, end: int) -> int:
+        """How far clean span [start, end) is over a quote's budget (<= 0: within it)."""
+        o_start, o_end = self.to_original(start, end)
+        return max(end - start - MAX_QUOTE, o_end - o_start - MAX_QUOTE_SPAN)
+
     def quote(self, start: int, end: int, floor: int = 0) -> tuple[str, int, int]:
-        """An exact quote (<= MAX_QUOTE chars) of the sentence around clean span [start, end).
+        """An exact quote of the sentence around clean span [start, end).
+
+        The quote holds at most :data:`MAX_QUOTE` characters of text; markup
+        inside it (inline HTML, link targets, emphasis) is not counted, so an
+        HTML-heavy sentence is not cut short of its operative words, but the
+        whole quote spans at most :data:`MAX_QUOTE_SPAN` characters.
 
         Returns:
             (quote, original start, original end) with ``text[start:end] == quote``.
@@ -260,21 +440,39 @@ class Document:
             e -= 1
         if e <= s:
             s, e = start, end
-        o_start, o_end = self.to_original(s, e)
-        while o_end - o_start > MAX_QUOTE:
+        while (excess := self._excess(s, e)) > 0:
             # Shrink from the side farther from the match, at a word boundary.
             if (start - s) >= (e - end) and s < start:
-                nxt = self.clean.find(" ", s + max(1, (o_end - o_start - MAX_QUOTE) // 2), start)
+                nxt = self.clean.find(" ", s + max(1, excess // 2), start)
                 s = nxt + 1 if nxt != -1 else start
             elif e > end:
-                prv = self.clean.rfind(" ", end, e - max(1, (o_end - o_start - MAX_QUOTE) // 2))
+                prv = self.clean.rfind(" ", end, e - max(1, excess // 2))
                 e = prv if prv != -1 else end
             else:  # the match itself is too long: keep its head
                 e = s + 1
-                while e < end and self._map[e] - self._map[s] < MAX_QUOTE:
+                while e < end and self._excess(s, e + 1) <= 0:
                     e += 1
-            o_start, o_end = self.to_original(s, e)
+                break
+        o_start, o_end = self._with_edge_markup(*self.to_original(s, e))
         return self.text[o_start:o_end].strip(), *self._trimmed(o_start, o_end)
+
+    def _with_edge_markup(self, o_start: int, o_end: int) -> tuple[int, int]:
+        """Widen an original span over the markup that opens its first word and closes its last."""
+        k = bisect.bisect_right(self._seg_orig, o_start) - 1
+        if self._seg_orig[k] == o_start:
+            gap_start = self._seg_orig_end[k - 1] if k > 0 else 0
+            gap = self.text[gap_start:o_start]
+            if (gap and len(gap) <= _EDGE_MARKUP_MAX and _OPENING_MARKUP.fullmatch(gap)
+                    and o_end - gap_start <= MAX_QUOTE_SPAN):
+                o_start = gap_start
+        k = bisect.bisect_right(self._seg_orig, o_end - 1) - 1
+        if self._seg_orig_end[k] == o_end:
+            gap_end = self._seg_orig[k + 1] if k + 1 < len(self._seg_orig) else len(self.text)
+            gap = self.text[o_end:gap_end]
+            if (gap and len(gap) <= _EDGE_MARKUP_MAX and _CLOSING_MARKUP.fullmatch(gap)
+                    and gap_end - o_start <= MAX_QUOTE_SPAN):
+                o_end = gap_end
+        return o_start, o_end
 
     def _trimmed(self, o_start: int, o_end: int) -> tuple[int, int]:
         chunk = self.text[o_start:o_end]
@@ -416,8 +614,18 @@ _COMPILED = {
 _CROSS_REFERENCE = re.compile(r"\b(?:sections?|clauses?|§)\s*[\w.()-]*\s*\([^()]*$", re.I)
 
 
-def detect_clauses(doc: Document) -> list[Clause]:
-    """Score every section for every category; keep the best findings per category."""
+def detect_findings(doc: Document) -> dict[str, list[Clause]]:
+    """Every finding: each section that scores for a category, strongest first.
+
+    Args:
+        doc: the parsed document.
+
+    Returns:
+        Category -> its findings, ordered by score, then own-heading match,
+        then position. Every category of :data:`CATEGORIES` is a key. Pure;
+        linear in the text (each pattern runs once; each match reads a
+        bounded window).
+    """
     by_section: dict[tuple[str, int], dict[str, Any]] = {}
     for category, (heading_re, patterns, cue_re, reject_re) in _COMPILED.items():
         for name, weight, regex in (*patterns, (f"{category}.cue", 1, cue_re)):
@@ -457,11 +665,25 @@ def detect_clauses(doc: Document) -> list[Clause]:
             start=o_start, end=o_end, line=doc.line_of(o_start), rule=rule,
             signals=tuple(signals), confidence=min(95, 30 + 10 * score),
         )))
-    found: list[Clause] = []
+    return {category: [c for *_, c in sorted(candidates[category], key=lambda t: (t[0], t[1], t[2].start))]
+            for category in CATEGORIES}
+
+
+def detect_clauses(doc: Document, findings: dict[str, list[Clause]] | None = None) -> list[Clause]:
+    """The strongest :data:`MAX_FINDINGS_PER_CATEGORY` findings per category, in text order per category.
+
+    Args:
+        doc: the parsed document.
+        findings: :func:`detect_findings` of ``doc``, if already computed.
+
+    Returns:
+        What the state keeps: a bounded list, whatever the document's length.
+    """
+    ranked = detect_findings(doc) if findings is None else findings
+    kept: list[Clause] = []
     for category in CATEGORIES:
-        best = [c for *_, c in sorted(candidates[category], key=lambda t: (t[0], t[1], t[2].start))]
-        found.extend(sorted(best[:MAX_FINDINGS_PER_CATEGORY], key=lambda c: c.start))
-    return found
+        kept.extend(sorted(ranked[category][:MAX_FINDINGS_PER_CATEGORY], key=lambda c: c.start))
+    return kept
 
 
 # -- classification -------------------------------------------------------------
@@ -524,6 +746,7 @@ _NOTICE_WINDOW = (
     r"|\bnotice\b[^.]{0,80}\b(?:at\s+least|no\s+later\s+than|not\s+less\s+than|no\s+less\s+than|prior\s+to|before)\b"
     r"|\bdays?\s+(?:before|prior\s+to)\s+(?:the\s+)?(?:end|expiration|expiry)\b|\bnon-?renewal\s+notice\s+date\b"
 )
+_NOTICE_WINDOW_RE = re.compile(_NOTICE_WINDOW, re.I)
 _SAFEGUARDS = (
     r"\bstandard\s+contractual\s+clauses\b|(?-i:\bSCCs?\b)|\badequacy\s+decision|\bbinding\s+corporate\s+rules\b"
     r"|\bdata\s+privacy\s+framework\b|\bprivacy\s+shield\b|\barticle\s+46\b|\bIDTA\b|\bappropriate\s+safeguards\b"
@@ -540,6 +763,8 @@ class Hit:
 
 @dataclass(frozen=True)
 class RiskInput:
+    """What the risk rules judge: the document, its kind and every finding (not only those kept)."""
+
     doc: Document
     kind: str | None
     clauses: tuple[Clause, ...]
@@ -548,14 +773,12 @@ class RiskInput:
         return [c for c in self.clauses if c.category == category]
 
     def spans(self, category: str) -> list[tuple[int, int]]:
-        """Clean spans of the sections holding this category's findings."""
-        out: list[tuple[int, int]] = []
+        """Clean spans of the sections holding this category's findings, each once."""
+        out: dict[tuple[int, int], None] = {}
         for c in sorted(self.of(category), key=lambda c: (-c.confidence, c.start)):
             s = self.doc.section_at(c.start)
-            span = (self.doc.to_clean(s.body_start), self.doc.to_clean(s.end))
-            if span not in out:
-                out.append(span)
-        return out  # strongest finding's section first
+            out.setdefault((self.doc.to_clean(s.body_start), self.doc.to_clean(s.end)), None)
+        return list(out)  # strongest finding's section first
 
     def sentences(self, pattern: str, spans: Sequence[tuple[int, int]] | None = None) -> Iterator[tuple[str, tuple[int, int]]]:
         """(sentence text, its clean span) for each match of ``pattern``."""
@@ -618,12 +841,16 @@ def _broad_customer_indemnity(r: RiskInput) -> list[Hit]:
 
 def _auto_renewal(with_window: bool) -> Callable[[RiskInput], list[Hit]]:
     def check(r: RiskInput) -> list[Hit]:
-        windows = {}
-        for clause in r.of("auto_renewal"):
+        windows: dict[bool, tuple[int, int]] = {}
+        seen: set[int] = set()
+        for clause in sorted(r.of("auto_renewal"), key=lambda c: c.start):
             section = r.doc.section_at(clause.start)
-            text = r.doc.clean[r.doc.to_clean(section.start):r.doc.to_clean(section.end)]
+            if section.start in seen:
+                continue  # each section is read once, however many findings it holds
+            seen.add(section.start)
+            window = _NOTICE_WINDOW_RE.search(r.doc.clean, r.doc.to_clean(section.start), r.doc.to_clean(section.end))
             c = r.doc.to_clean(clause.start)
-            windows[bool(re.search(_NOTICE_WINDOW, text, re.I))] = (c, c + 1)
+            windows.setdefault(window is not None, (c, c + 1))  # the first such clause in the text
         if False in windows and not with_window:
             return [Hit("automatic renewal with no notice window to stop it", windows[False])]
         if with_window and windows and False not in windows:
@@ -642,21 +869,48 @@ def _international_transfer(r: RiskInput) -> list[Hit]:
     return []
 
 
-def _pattern(pattern: str, explanation: str, within: str | None = None) -> Callable[[RiskInput], list[Hit]]:
+def _pattern(pattern: str, explanation: str, within: str | None = None,
+             names_are_not_statements: bool = False) -> Callable[[RiskInput], list[Hit]]:
+    """A rule that fires on the first sentence matching ``pattern``.
+
+    Args:
+        pattern: the regex (case-insensitive).
+        explanation: the finding's explanation.
+        within: only in the sections holding findings of this category.
+        names_are_not_statements: skip a match that is part of a capitalised
+            name (:meth:`Document.names_a_term`): a defined term such as
+            "Uncapped Claims" names claims, it does not uncap liability.
+    """
     def check(r: RiskInput) -> list[Hit]:
         spans = r.spans(within) if within else None
         if within and not spans:
             return []
-        for sentence, span in r.sentences(pattern, spans):
+        for _, span in r.sentences(pattern, spans):
+            if names_are_not_statements and r.doc.names_a_term(*span):
+                continue
             return [Hit(explanation, span)]
         return []
     return check
 
 
+_MANDATORY = re.compile(
+    r"\bbinding\b|\bmandatory\b|\bfinal\b|\bexclusively\b"
+    r"|\b(?:shall|will|must)\s+be\s+(?:finally\s+)?(?:resolved|settled|submitted|determined)\b", re.I)
+# Arbitration offered, not imposed: a permission or choice governs it, before
+# ("you may choose to invoke binding arbitration") or after the word
+# ("binding arbitration is available", "arbitration at the claimant's option").
+_OPTIONAL_ARBITRATION = re.compile(
+    r"\b(?:may|can|might|could|optional(?:ly)?|option|elect|choose|possibility|voluntar(?:y|ily))\b[^.]{0,60}\barbitrat"
+    r"|\barbitrat\w*\b[^.]{0,60}?\b(?:is|are|remains?|will\s+be|shall\s+be|becomes?)\s+(?:also\s+|then\s+|only\s+)?"
+    r"(?:available|optional|voluntary|an?\s+(?:option|alternative|possibility))\b"
+    r"|\barbitrat\w*\b[^.]{0,60}?\b(?:at\s+(?:the\s+|its\s+|your\s+|their\s+)?(?:\w+['’]s?\s+)?(?:sole\s+)?(?:option|election|discretion)"
+    r"|if\s+(?:you|the\s+parties|both\s+parties|each\s+party)\s+(?:so\s+)?(?:choose|chooses|elect|elects|agree|agrees))\b",
+    re.I)
+
+
 def _mandatory_arbitration(r: RiskInput) -> list[Hit]:
     for sentence, span in r.sentences(r"\barbitrat\w*"):
-        if (re.search(r"\bbinding\b|\bmandatory\b|\bfinal\b|\bexclusively\b|\b(?:shall|will|must)\s+be\s+(?:finally\s+)?(?:resolved|settled|submitted|determined)\b", sentence, re.I)
-                and not re.search(r"\b(?:may|can|optional|option|elect|choose|possibility)\b[^.]{0,60}\barbitrat", sentence, re.I)):
+        if _MANDATORY.search(sentence) and not _OPTIONAL_ARBITRATION.search(sentence):
             return [Hit("disputes must go to binding arbitration, not to court", span)]
     return []
 
@@ -680,7 +934,7 @@ RISK_RULES: tuple[RiskRule, ...] = (
     RiskRule("R1a", "high", "limitation_of_liability", "uncapped liability", _pattern(
         r"\bunlimited\s+liability\b|\buncapped\b|\bliability\b[^.]{0,60}\b(?:shall|will)\s+(?:not|in\s+no\s+way)\s+be\s+(?:limited|capped)\b"
         r"|\bwithout\s+(?:any\s+)?(?:limit(?:ation)?|cap)\s+(?:on|to|of)\s+(?:its\s+|their\s+|your\s+)?liability\b",
-        "liability is expressly unlimited")),
+        "liability is expressly unlimited", names_are_not_statements=True)),
     RiskRule("R1b", "medium", "limitation_of_liability", "one-sided liability limits", _one_sided_liability),
     RiskRule("R1c", "medium", "limitation_of_liability", "no limitation of liability",
              _missing("limitation_of_liability", "no limitation-of-liability clause: exposure is uncapped for both sides")),
@@ -712,9 +966,26 @@ RISK_RULES: tuple[RiskRule, ...] = (
 _SEVERITY_RANK = {"high": 3, "medium": 2, "low": 1}
 
 
-def assess_risk(doc: Document, kind: str | None, clauses: tuple[Clause, ...]) -> list[Risk]:
-    """Apply every rule of ``RISK_RULES``; at most one finding per rule, highest severity first."""
-    inputs = RiskInput(doc, kind, clauses)
+def assess_risk(doc: Document, kind: str | None, clauses: Sequence[Clause] = (),
+                findings: dict[str, list[Clause]] | None = None) -> list[Risk]:
+    """Apply every rule of ``RISK_RULES``; at most one finding per rule, highest severity first.
+
+    The rules judge ``clauses`` together with every finding of
+    :func:`detect_findings`, not only the few a state keeps per category: the
+    verdict on a clause must not depend on how many similar clauses surround it.
+
+    Args:
+        doc: the parsed document.
+        kind: its kind (``contract``, ``terms``, ``policy``, ``other``).
+        clauses: findings from an earlier step (e.g. the state's), judged too.
+        findings: :func:`detect_findings` of ``doc``, if already computed.
+
+    Returns:
+        The risks, highest severity first. Pure; linear in the text.
+    """
+    ranked = detect_findings(doc) if findings is None else findings
+    judged = dict.fromkeys([*clauses, *(c for category in CATEGORIES for c in ranked[category])])
+    inputs = RiskInput(doc, kind, tuple(judged))
     risks = []
     for rule in RISK_RULES:
         for hit in rule.check(inputs)[:1]:

@@ -34,6 +34,8 @@ Try::
 # a synthetic module name, and pydantic must resolve the annotations eagerly.
 
 import hashlib
+from dataclasses import replace
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -197,9 +199,14 @@ def initial_state(task: Any) -> ComplianceReview:
                             document_sha256=hashlib.sha256(task.encode("utf-8")).hexdigest())
 
 
+# Every step has a per-attempt timeout (issue #9): a runaway step fails its run
+# (outcome ``timeout``) instead of leaving it RUNNING. The findings step runs the
+# contract-review rules, linear in the text (bench/bench_long_document.py).
+STEP_TIMEOUT = timedelta(seconds=120)
+
 machine: Machine[ComplianceReview] = Machine(
     "compliance_debate", VERSION, ComplianceReview,
-    steps=[
+    steps=[replace(step, timeout=STEP_TIMEOUT) for step in [
         *pipeline([Stage("findings", findings, reads=["title"], writes=["kind", "findings", "risks"],
                          description="clause and risk findings (contract-review rules)")],
                   then="debate"),
@@ -221,7 +228,7 @@ machine: Machine[ComplianceReview] = Machine(
         ),
         *pipeline([Stage("report", report, reads=["title", "debate"], writes=["report"],
                          description="the decision and who made it")]),
-    ],
+    ]],
     initial=initial_state,
     description="Two advocates judge a document's clause findings; disagreement goes to a human.",
 )

@@ -31,7 +31,8 @@ other. Try::
 
 import hashlib
 import re
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
@@ -372,9 +373,14 @@ def initial_state(task: Any) -> Intake:
                   document_sha256=hashlib.sha256(task.encode("utf-8")).hexdigest(), chars=len(task))
 
 
+# Every step has a per-attempt timeout (issue #9): a runaway step fails its run
+# (outcome ``timeout``) instead of leaving it RUNNING. The specialists run the
+# contract-review rules, linear in the text (bench/bench_long_document.py).
+STEP_TIMEOUT = timedelta(seconds=120)
+
 machine: Machine[Intake] = Machine(
     "document_intake", VERSION, Intake,
-    steps=[
+    steps=[replace(step, timeout=STEP_TIMEOUT) for step in [
         *pipeline([Stage("classify", classify, reads=["title", "document_sha256"],
                          writes=["kind", "kind_evidence"], description="kind of document")],
                   then="intake"),
@@ -398,7 +404,7 @@ machine: Machine[Intake] = Machine(
             Stage("assemble", assemble, reads=["title", "kind", "supervision", "problems"],
                   writes=["record"], output=Assembled, description="the structured intake record"),
         ]),
-    ],
+    ]],
     initial=initial_state,
     description="Classify a document, delegate extraction to specialists, validate, assemble.",
 )

@@ -43,6 +43,7 @@ Try::
 
 import hashlib
 import threading
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -161,16 +162,20 @@ ESCALATION_RULES = [
 
 _FIELDS = ["invoice_id", "vendor", "amount_cents", "currency", "po_number", "description"]
 
+# Every step has a per-attempt timeout (issue #9): a runaway step fails its run
+# (outcome ``timeout``) instead of leaving it RUNNING. These steps take milliseconds.
+STEP_TIMEOUT = timedelta(seconds=30)
+
 machine: Machine[Invoice] = Machine(
     "invoice_approval", VERSION, Invoice,
     steps=[
         Step("check", check, next=["review"], reads=_FIELDS, writes=["vendor_id", "match_confidence"],
-             description="match the vendor; report confidence"),
+             timeout=STEP_TIMEOUT, description="match the vendor; report confidence"),
         Step("review", review, next=["pay"], reads=[*_FIELDS, "vendor_id", "match_confidence"],
              writes=["decision"], escalate=ESCALATION_RULES,
-             description="propose payment; escalation rules gate it"),
+             timeout=STEP_TIMEOUT, description="propose payment; escalation rules gate it"),
         Step("pay", pay, may_finish=True, reads=["vendor_id", "amount_cents", "currency", "decision"],
-             writes=["payment"], description="idempotent payment side effect"),
+             writes=["payment"], timeout=STEP_TIMEOUT, description="idempotent payment side effect"),
     ],
     description="Approve and pay an invoice; amounts over $10,000 need two finance approvers.",
 )

@@ -149,7 +149,9 @@ machine = Machine(
     "1",
     Payment,
     steps=[
-        Step("prepare", prepare, next=["charge"], may_finish=True, description="check the request"),
+        # Every step has a per-attempt timeout (issue #9); the charge's bounds the bank's call.
+        Step("prepare", prepare, next=["charge"], may_finish=True, timeout=timedelta(seconds=30),
+             description="check the request"),
         Step(
             "charge", charge, next=["charge", "receipt"], writes=["i", "paid"],
             retry=RetryPolicy(max_attempts=5, initial_interval=timedelta(milliseconds=5),
@@ -157,7 +159,8 @@ machine = Machine(
             timeout=timedelta(seconds=30),
             description="charge the next amount, exactly once",
         ),
-        Step("receipt", receipt, may_finish=True, writes=["receipt"], description="write the receipt"),
+        Step("receipt", receipt, may_finish=True, writes=["receipt"], timeout=timedelta(seconds=30),
+             description="write the receipt"),
     ],
     budget=Budget(max_visits=1000),
     max_steps=2000,

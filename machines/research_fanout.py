@@ -23,6 +23,7 @@ records the policy, why it stopped and each source's final status. Try::
 # a synthetic module name, and pydantic must resolve the annotations eagerly.
 
 import re
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -189,9 +190,14 @@ _plan, _report = pipeline([Stage("plan", plan, reads=["question"], writes=["term
     [Stage("report", report, reads=["question", "findings"], writes=["answer", "sources_used", "gaps"],
            description="answer from what came back; name the gaps")])
 
+# Every step has a per-attempt timeout (issue #9): a runaway step fails its run
+# (outcome ``timeout``) instead of leaving it RUNNING. The fan-out itself
+# ends by its 600 ms completion deadline; the other steps take milliseconds.
+STEP_TIMEOUT = timedelta(seconds=30)
+
 machine: Machine[Research] = Machine(
     "research_fanout", "1", Research,
-    steps=[
+    steps=[replace(step, timeout=STEP_TIMEOUT) for step in [
         *_plan,
         fan_out(
             "research",
@@ -206,7 +212,7 @@ machine: Machine[Research] = Machine(
             reads=["question", "terms"],
         ),
         *_report,
-    ],
+    ]],
     initial=initial_state,
     description="Ask six sources at once, go on with what answers in time, report the gaps.",
 )

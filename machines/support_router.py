@@ -24,6 +24,8 @@ Each worker step drafts a reply and finishes the run. Try::
 # a synthetic module name, and pydantic must resolve the annotations eagerly.
 
 import re
+from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -137,10 +139,14 @@ def initial_state(task: Any) -> Ticket:
 
 _READS = ["subject", "body", "customer", "plan"]
 
+# Every step has a per-attempt timeout (issue #9): a runaway step fails its run
+# (outcome ``timeout``) instead of leaving it RUNNING. These steps take milliseconds.
+STEP_TIMEOUT = timedelta(seconds=30)
+
 machine: Machine[Ticket] = Machine(
     "support_router", "1", Ticket,
     steps=[
-        router(
+        replace(router(
             "triage",
             rules=RULES,
             routes={"billing": "billing", "technical": "technical", "account": "account"},
@@ -150,15 +156,15 @@ machine: Machine[Ticket] = Machine(
             into="route",
             reads=_READS,
             description="rules first, then a classifier agent, else the human queue",
-        ),
+        ), timeout=STEP_TIMEOUT),
         Step("billing", _worker("billing"), may_finish=True, reads=_READS, writes=["queue", "reply"],
-             description="billing worker"),
+             timeout=STEP_TIMEOUT, description="billing worker"),
         Step("technical", _worker("technical"), may_finish=True, reads=_READS, writes=["queue", "reply"],
-             description="technical worker"),
+             timeout=STEP_TIMEOUT, description="technical worker"),
         Step("account", _worker("account"), may_finish=True, reads=_READS, writes=["queue", "reply"],
-             description="account worker"),
+             timeout=STEP_TIMEOUT, description="account worker"),
         Step("human_queue", _worker("human_queue"), may_finish=True, reads=_READS,
-             writes=["queue", "reply"], description="mandatory fallback: a person reads it"),
+             writes=["queue", "reply"], timeout=STEP_TIMEOUT, description="mandatory fallback: a person reads it"),
     ],
     initial=initial_state,
     description="Route a support ticket to billing, technical or account; nothing is dropped.",
