@@ -46,7 +46,8 @@ from .agents.base import RecordedCall, StepContext, Usage
 from .errors import StatecraftError
 from .store.blobs import sha256_hex
 from .store.db import Database
-from .store.txn import write_tx
+from .store.effects import read_effect, record_effect
+from .store.txn import read_tx, write_tx
 from .tracing import copy_context, span
 
 T = TypeVar("T")
@@ -323,12 +324,6 @@ def _ms_since(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
 
 
-_SELECT_EFFECT = "SELECT result_json FROM side_effect WHERE idempotency_key = :key"
-_INSERT_EFFECT = (
-    "INSERT INTO side_effect (idempotency_key, run_id, step, name, result_json, created_at) "
-    "VALUES (:key, :run_id, :step, :name, :result_json, :created_at) "
-    "ON CONFLICT (idempotency_key) DO NOTHING"
-)
 
 
 class EffectLog:
@@ -361,12 +356,10 @@ class EffectLog:
                 has happened; a retry calls ``fn`` again with the same key).
             Exception: whatever ``fn`` raises (nothing is recorded).
         """
-        with self._db.read() as conn:
-            row = conn.exec_driver_sql(
-                "SELECT result_json FROM side_effect WHERE idempotency_key = ?", (key,)
-            ).first()
-        if row is not None:
-            return self._use(name, key, row[0], replayed=True)
+        with read_tx(self._db) as tx:
+            recorded = read_effect(tx, key)
+        if recorded is not None:
+            return self._use(name, key, recorded, replayed=True)
         if self.abandoned:
             raise AttemptAbandoned(f"side effect {name!r} not started: the attempt was abandoned")
         with span(f"execute_tool {name}", {
@@ -382,22 +375,13 @@ class EffectLog:
         # Its own transaction, right away: the shorter the gap between the
         # effect and its record, the rarer a second call (docs/reliability.md).
         with write_tx(self._db) as tx:
-            tx.run(
-                _INSERT_EFFECT,
-                {
-                    "key": key,
-                    "run_id": self._run_id,
-                    "step": self._step,
-                    "name": name,
-                    "result_json": body,
-                    "created_at": self._now(),
-                },
-            )
             # A concurrent attempt (an abandoned one, or a stalled engine) may
             # have recorded first: everyone returns the first record.
-            stored = tx.one(_SELECT_EFFECT, {"key": key})
-        assert stored is not None
-        return self._use(name, key, stored[0], replayed=False)
+            stored = record_effect(
+                tx, key=key, run_id=self._run_id, step=self._step, name=name, result_json=body,
+                created_at=self._now(),
+            )
+        return self._use(name, key, stored, replayed=False)
 
     def _use(self, name: str, key: str, body: str, *, replayed: bool) -> Any:
         self.used.append(

@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 
 from ._time import format_utc
 from .store.db import Database
+from .store.runs import renew_leases
 from .store.txn import write_tx
 
 __all__ = ["LeaseKeeper", "new_owner_id", "owner_is_gone"]
@@ -149,17 +150,8 @@ class LeaseKeeper:
         if not held:
             return
         expires = format_utc(self._clock() + self._lease)
-        names = {f"r{i}": run_id for i, run_id in enumerate(held)}
-        marks = ", ".join(f":{k}" for k in names)
         with write_tx(self._db) as tx:
-            tx.run(
-                f"UPDATE run SET lease_expires_at = :exp WHERE lease_owner = :me AND run_id IN ({marks})",
-                {"exp": expires, "me": self._owner, **names},
-            )
-            still = {r[0] for r in tx.all(
-                f"SELECT run_id FROM run WHERE lease_owner = :me AND run_id IN ({marks})",
-                {"me": self._owner, **names},
-            )}
+            still = renew_leases(tx, self._owner, held, expires)
         for run_id, lost in held.items():
             if run_id not in still:
                 lost.set()

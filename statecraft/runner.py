@@ -58,8 +58,16 @@ from .lifecycle import RunStatus, Trigger, check_transition
 from .machine import IllegalOutcome, Machine, ReadOnlyStateError, Step
 from .outcomes import Fail, Finish, Goto, RequestApproval
 from .policy import ms
-from .store.blobs import blob_json, sha256_hex
-from .store.txn import Tx, group_write, read_one, read_tx, tx_of, write_tx
+from .store.blobs import blob_json, get_blob, insert_blob, sha256_hex
+from .store.runs import (
+    due_approvals,
+    load_run,
+    release_lease,
+    runnable_candidates,
+    running_since,
+    take_lease,
+)
+from .store.txn import Tx, group_write, read_on_writer, read_tx, tx_of, write_tx
 from .tracing import SpanHandle, span
 from .transition import KEEP, RUN_COLUMNS, Committed, RunMoved, write_transition
 
@@ -69,17 +77,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AgentCall", "Backoff", "StepRunner"]
 
-_SELECT_RUN: Final = f"SELECT {', '.join(RUN_COLUMNS)} FROM run WHERE run_id = :run_id"
-_SELECT_BLOB: Final = "SELECT body FROM blob WHERE sha256 = :sha"
-_INSERT_BLOB: Final = (
-    "INSERT INTO blob (sha256, body, size, media_type, created_at) "
-    "VALUES (:sha256, :body, :size, 'application/json', :created_at) ON CONFLICT (sha256) DO NOTHING"
-)
-# When the run last entered RUNNING (start, approval, retry): the deadline's origin.
-_RUNNING_SINCE: Final = (
-    "SELECT occurred_at FROM audit_event WHERE run_id = :run_id AND to_status = 'RUNNING' "
-    "AND (from_status IS NULL OR from_status != 'RUNNING') ORDER BY run_seq DESC LIMIT 1"
-)
 _KNOWN_BLOBS_MAX: Final = 4096
 _VISITS_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
@@ -267,17 +264,17 @@ class StepRunner:
         """
         digest = sha256_hex(body)
         if digest != current and digest not in self._known_blobs:
-            tx.run(_INSERT_BLOB, {"sha256": digest, "body": body, "size": len(body), "created_at": now})
+            insert_blob(tx, digest, body, created_at=now)
             blobs.append(digest)
         return digest
 
     @staticmethod
     def load(tx: Tx, run_id: str) -> dict[str, Any]:
         """The run row as a dict. Raises ``RunNotFound``."""
-        row = tx.one(_SELECT_RUN, {"run_id": run_id})
+        row = load_run(tx, run_id)
         if row is None:
             raise RunNotFound(run_id)
-        return dict(zip(RUN_COLUMNS, row))
+        return row
 
     # -- leases -------------------------------------------------------------------
 
@@ -321,12 +318,7 @@ class StepRunner:
                 raise LeaseHeld(run_id, holder, until)
             # Conditional on what was read, so the lease changes hands only from
             # the holder this decision was about (we also hold the write lock).
-            taken = tx.run(
-                "UPDATE run SET lease_owner = :me, lease_expires_at = :exp WHERE run_id = :run_id "
-                "AND run_seq = :seq AND lease_owner IS :holder",
-                {"me": me, "exp": expires, "run_id": run_id, "seq": run["run_seq"], "holder": holder},
-            )
-            if taken != 1:
+            if not take_lease(tx, run_id, owner=me, expires_at=expires, run_seq=run["run_seq"], holder=holder):
                 raise LeaseHeld(run_id, str(holder), str(until))
             run.update(lease_owner=me, lease_expires_at=expires)
             if holder not in (None, me):
@@ -342,20 +334,16 @@ class StepRunner:
                 ).run
             if machine is None:
                 return run, None, None
-            body = tx.one(_SELECT_BLOB, {"sha": run["state_sha256"]})
+            body = get_blob(tx, run["state_sha256"])
             since = None
             if machine.budget.deadline is not None or run["budget_json"]:
-                since = tx.one(_RUNNING_SINCE, {"run_id": run_id})
-        return run, None if body is None or body[0] is None else bytes(body[0]), None if since is None else since[0]
+                since = running_since(tx, run_id)
+        return run, body, since
 
     def release(self, run_id: str) -> None:
         """Release this engine's lease on the run, if it still holds it. Commits one transaction."""
         with write_tx(self.db) as tx:
-            tx.run(
-                "UPDATE run SET lease_owner = NULL, lease_expires_at = NULL "
-                "WHERE run_id = :run_id AND lease_owner = :me",
-                {"run_id": run_id, "me": self.engine.owner},
-            )
+            release_lease(tx, run_id, self.engine.owner)
 
     # -- the loop -------------------------------------------------------------------
 
@@ -409,10 +397,9 @@ class StepRunner:
         Raises:
             RunNotFound, LeaseHeld, MachineLoadError, MachineMismatch: as ``Engine.advance``.
         """
-        found = read_one(self.db, _SELECT_RUN, {"run_id": run_id})
-        if found is None:
+        peek = read_on_writer(self.db, lambda tx: load_run(tx, run_id))
+        if peek is None:
             raise RunNotFound(run_id)
-        peek = dict(zip(RUN_COLUMNS, found))
         if peek["status"] != RunStatus.RUNNING:
             return None
         machine = self.engine._machine(peek)
@@ -992,12 +979,8 @@ class StepRunner:
     def runnable(self, limit: int) -> list[str]:
         """RUNNING runs no live engine holds and whose retry backoff is over, oldest first. Read-only."""
         now = self._now()
-        with self.db.read() as conn:
-            rows = conn.exec_driver_sql(
-                "SELECT run_id, lease_owner, lease_expires_at FROM run WHERE status = 'RUNNING' "
-                "AND (wake_at IS NULL OR wake_at <= ?) ORDER BY updated_at LIMIT ?",
-                (now, max(limit * 4, limit + 16)),
-            ).all()
+        with read_tx(self.db) as tx:
+            rows = runnable_candidates(tx, now, max(limit * 4, limit + 16))
         out = []
         for run_id, owner, until in rows:
             free = owner is None or (until is not None and until <= now)
@@ -1021,13 +1004,8 @@ class StepRunner:
             The ids of the runs changed.
         """
         now = self._now()
-        where = "status = 'WAITING_FOR_APPROVAL' AND pending_deadline_at IS NOT NULL AND pending_deadline_at <= ?"
-        params: tuple[Any, ...] = (now,)
-        if run_id is not None:
-            where += " AND run_id = ?"
-            params = (now, run_id)
-        with self.db.read() as conn:
-            due = [r[0] for r in conn.exec_driver_sql(f"SELECT run_id FROM run WHERE {where}", params).all()]
+        with read_tx(self.db) as tx:
+            due = due_approvals(tx, now, run_id)
         changed = []
         for rid in due:
             with self.db.read() as conn:

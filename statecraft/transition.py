@@ -23,22 +23,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .audit.chain import HEAD_SQL, INSERT_SQL, new_event_row
+from .audit.chain import new_event_row
 from .errors import RunError
 from .lifecycle import RunStatus
+from .store.ledger import insert_event, ledger_head
+from .store.runs import RUN_COLUMNS, update_run
 from .store.txn import Tx
 
 __all__ = ["KEEP", "RUN_COLUMNS", "Committed", "RunMoved", "write_transition"]
 
-RUN_COLUMNS: Final[tuple[str, ...]] = (
-    "run_id", "machine_name", "machine_version", "machine_digest", "machine_ref", "status", "step",
-    "state_sha256", "task_sha256", "run_seq", "steps_taken", "created_at", "updated_at", "started_by",
-    "parent_run_id", "last_event_id", "pending_resume_at", "pending_request_event_id",
-    "pending_proposal_digest", "pending_reason", "error_code", "reason", "tokens_in", "tokens_out",
-    "cost_micros", "lease_owner", "lease_expires_at", "attempts", "wake_at", "visits_json",
-    "budget_json", "takeovers", "pending_kind", "pending_deadline_at", "pending_on_timeout",
-)
-"""Every column of ``run`` that transitions read, in one order."""
+
 
 
 class _Keep:
@@ -67,24 +61,7 @@ class Committed:
     run: dict[str, Any]
 
 
-_UPDATE_RUN: Final = (
-    "UPDATE run SET status = :status, step = :step, state_sha256 = :state_sha256, "
-    "run_seq = :run_seq, steps_taken = :steps_taken, updated_at = :updated_at, "
-    "last_event_id = :last_event_id, pending_resume_at = :pending_resume_at, "
-    "pending_request_event_id = :pending_request_event_id, "
-    "pending_proposal_digest = :pending_proposal_digest, pending_reason = :pending_reason, "
-    "error_code = :error_code, reason = :reason, tokens_in = :tokens_in, "
-    "tokens_out = :tokens_out, cost_micros = :cost_micros, "
-    # Lease columns are only ever cleared here; renewals happen outside
-    # transitions, so writing back a cached expiry would undo one.
-    "lease_owner = CASE WHEN :release THEN NULL ELSE lease_owner END, "
-    "lease_expires_at = CASE WHEN :release THEN NULL ELSE lease_expires_at END, "
-    "attempts = :attempts, wake_at = :wake_at, visits_json = :visits_json, "
-    "budget_json = :budget_json, takeovers = :takeovers, pending_kind = :pending_kind, "
-    "pending_deadline_at = :pending_deadline_at, pending_on_timeout = :pending_on_timeout "
-    "WHERE run_id = :run_id AND run_seq = :expected_seq"
-)
-_FENCED: Final = _UPDATE_RUN + " AND lease_owner = :fence_owner"
+
 
 
 def _new_event_id() -> str:
@@ -233,18 +210,15 @@ def write_transition(
     else:
         values.update(error_code=run["error_code"], reason=run["reason"])
     # Fenced UPDATE first: a stale writer learns it before hashing anything.
-    if tx.run(_FENCED if fence_owner is not None else _UPDATE_RUN, values) != 1:
+    if not update_run(tx, values, fenced=fence_owner is not None):
         raise RunMoved(
             f"run {run['run_id']} moved on (expected run_seq {run['run_seq']}"
             + (f" under lease {fence_owner}" if fence_owner else "")
             + "); nothing written",
             run_id=run["run_id"],
         )
-    head = tx.one(HEAD_SQL)
-    event = new_event_row(
-        None if head is None else (head[0], head[1]), ledger_id=ledger_id, fields=fields, payload=payload
-    )
-    tx.run(INSERT_SQL, event)
+    event = new_event_row(ledger_head(tx), ledger_id=ledger_id, fields=fields, payload=payload)
+    insert_event(tx, event)
     after = dict(run)
     for key in ("expected_seq", "fence_owner", "release"):
         values.pop(key)

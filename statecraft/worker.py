@@ -40,6 +40,7 @@ from typing import Any
 from ._time import format_utc, utc_now
 from .engine import Engine
 from .errors import LeaseHeld, StatecraftError
+from .store.runs import release_all_leases
 from .store.txn import write_tx
 
 __all__ = ["JsonFormatter", "Worker", "WorkerStats"]
@@ -252,10 +253,7 @@ class Worker:
         for run_id in list(self.engine._runner.keeper.held()):
             self.engine._runner.keeper.drop(run_id)
         with write_tx(self.engine.db) as tx:
-            tx.run(
-                "UPDATE run SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = :me",
-                {"me": self.engine.owner},
-            )
+            release_all_leases(tx, self.engine.owner)
 
 
 def configure_logging(level: int = logging.INFO, stream: Any = None) -> Callable[[], None]:

@@ -29,9 +29,10 @@ from json.encoder import encode_basestring
 from typing import Any, Final
 
 import rfc8785
-from sqlalchemy import Connection, insert, text
+from sqlalchemy import Connection
 
-from ..store.tables import AuditEventRow
+from ..store.ledger import AUDIT_COLUMNS, insert_event, ledger_head
+from ..store.txn import tx_of
 
 __all__ = [
     "DOMAIN",
@@ -39,8 +40,6 @@ __all__ = [
     "HASHED_COLUMNS",
     "HASH_ALG",
     "LEDGER_SCHEMA_VERSION",
-    "HEAD_SQL",
-    "INSERT_SQL",
     "append_event",
     "canonical_json",
     "SORTED_HASHED_COLUMNS",
@@ -55,7 +54,7 @@ LEDGER_SCHEMA_VERSION: Final = 1
 DOMAIN: Final = b"statecraft.audit.v1\x00"
 GENESIS_PREV_HASH: Final = "0" * 64
 
-ALL_COLUMNS: Final[tuple[str, ...]] = tuple(AuditEventRow.__table__.columns.keys())  # type: ignore[attr-defined]
+ALL_COLUMNS: Final[tuple[str, ...]] = AUDIT_COLUMNS
 HASHED_COLUMNS: Final[tuple[str, ...]] = tuple(
     c for c in ALL_COLUMNS if c not in ("entry_hash", "payload_json")
 )
@@ -64,7 +63,7 @@ _MAX_SAFE_INT: Final = 2**53 - 1
 # json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
 # without building an encoder per call.
 _JSON_SORTED: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
-_TABLE = AuditEventRow.__table__  # type: ignore[attr-defined]
+_KNOWN_COLUMNS: Final = frozenset(AUDIT_COLUMNS)
 
 
 def _in_fast_domain(value: Any) -> bool:
@@ -203,28 +202,13 @@ def append_event(
         The full row as inserted (including ``seq``, ``entry_hash``, ``event_id``).
 
     Raises:
-        KeyError: a required field is missing.
+        KeyError: a required field is missing, or a field is not an ``audit_event`` column.
         TypeError: a value is not allowed in hashed data.
     """
-    head = conn.execute(text(HEAD_SQL)).first()
-    row = new_event_row(
-        None if head is None else (head[0], head[1]),
-        ledger_id=ledger_id,
-        fields=fields,
-        payload=payload,
-    )
-    conn.execute(insert(_TABLE), row)
+    tx = tx_of(conn)
+    row = new_event_row(ledger_head(tx), ledger_id=ledger_id, fields=fields, payload=payload)
+    insert_event(tx, row)
     return row
-
-
-HEAD_SQL: Final = "SELECT seq, entry_hash FROM audit_event ORDER BY seq DESC LIMIT 1"
-"""The ledger head ``(seq, entry_hash)``; read it under the write lock, then append."""
-
-INSERT_SQL: Final = (
-    f"INSERT INTO audit_event ({', '.join(ALL_COLUMNS)}) "
-    f"VALUES ({', '.join(':' + c for c in ALL_COLUMNS)})"
-)
-"""Named-parameter INSERT of a full row from :func:`new_event_row` (driver-level hot path)."""
 
 
 def new_event_row(
@@ -247,13 +231,17 @@ def new_event_row(
         The full row (every column of ``audit_event``).
 
     Raises:
-        KeyError: a required field is missing.
+        KeyError: a required field is missing, or a field is not an ``audit_event`` column.
         TypeError: a value is not allowed in hashed data.
     """
     if head is None:
         seq, prev_hash = 1, GENESIS_PREV_HASH
     else:
         seq, prev_hash = head[0] + 1, head[1]
+    unknown = fields.keys() - _KNOWN_COLUMNS
+    if unknown:
+        # A misspelled column would otherwise be neither stored nor hashed, silently.
+        raise KeyError(f"not audit_event columns: {sorted(unknown)}")
     row: dict[str, Any] = dict.fromkeys(ALL_COLUMNS)
     row.update(fields)
     for required in ("event_type", "actor_type", "actor_id", "occurred_at"):

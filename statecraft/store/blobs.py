@@ -17,7 +17,7 @@ from sqlalchemy import Connection, text
 from ..audit.chain import _in_fast_domain
 from .txn import Tx, tx_of
 
-__all__ = ["blob_json", "get_blob", "put_blob", "sha256_hex"]
+__all__ = ["blob_json", "get_blob", "insert_blob", "put_blob", "sha256_hex"]
 
 
 def sha256_hex(body: bytes) -> str:
@@ -72,3 +72,18 @@ def get_blob(conn: Connection | Tx, digest: str) -> bytes | None:
     """The body stored under ``digest``; ``None`` if absent or redacted. Read-only."""
     row = tx_of(conn).one("SELECT body FROM blob WHERE sha256 = :d", {"d": digest})
     return None if row is None or row[0] is None else bytes(row[0])
+
+
+_INSERT_RAW = (
+    "INSERT INTO blob (sha256, body, size, media_type, created_at) "
+    "VALUES (:sha256, :body, :size, 'application/json', :created_at) ON CONFLICT (sha256) DO NOTHING"
+)
+
+
+def insert_blob(tx: Tx, digest: str, body: bytes, *, created_at: str) -> None:
+    """Store ``body`` under its already computed ``digest`` (no-op if present). Inside ``tx``.
+
+    ``ON CONFLICT DO NOTHING`` also keeps a lawfully redacted body redacted.
+    """
+    tx.run(_INSERT_RAW, {"sha256": digest, "body": body, "size": len(body), "created_at": created_at})
+

@@ -32,7 +32,7 @@ from sqlalchemy import Connection, TextClause, text
 from ..errors import StoreError
 from .db import Database
 
-__all__ = ["Tx", "close_writer", "group_write", "read_one", "read_tx", "tx_of", "write_tx"]
+__all__ = ["Tx", "close_writer", "group_write", "read_on_writer", "read_one", "read_tx", "tx_of", "write_tx"]
 
 _TEXT: dict[str, TextClause] = {}
 
@@ -55,6 +55,11 @@ class Tx:
     def __init__(self, raw: sqlite3.Connection | None = None, sa: Connection | None = None) -> None:
         self.raw = raw
         self.sa = sa
+
+    @property
+    def sqlite(self) -> bool:
+        """Whether this transaction is on SQLite (where the SQL dialects differ, store/ asks)."""
+        return self.raw is not None or (self.sa is not None and self.sa.dialect.name == "sqlite")
 
     def run(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
         """Execute a statement; return its rowcount."""
@@ -363,6 +368,21 @@ def read_tx(db: Database, *, on_writer: bool = False) -> Iterator[Tx]:
                 driver.execute("COMMIT")
     finally:
         pooled.close()
+
+
+def read_on_writer(db: Database, read: Callable[[Tx], T]) -> T:
+    """Run ``read(tx)`` on the writer connection, in autocommit (each statement its own snapshot).
+
+    Like :func:`read_one`, for a typed read of the store (``store.runs.load_run``).
+    """
+    if not db.is_sqlite:
+        with db.read() as conn:
+            return read(tx_of(conn))
+    db._check_open()
+    writer = _writer(db)
+    with writer.lock:
+        db._check_open()
+        return read(Tx(raw=writer.connection(db)))
 
 
 def read_one(db: Database, sql: str, params: Mapping[str, Any] | None = None) -> tuple[Any, ...] | None:

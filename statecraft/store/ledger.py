@@ -1,0 +1,47 @@
+"""Appending to the audit ledger and reading its head: the statements, not the rules.
+
+The rules of the chain (how a row is built and hashed) are
+statecraft/audit/chain.py's; this module only stores and reads rows. An
+append reads the head and inserts the next row in the caller's write
+transaction, which holds the database's write lock (``BEGIN IMMEDIATE`` on
+SQLite), so no other writer can append in between; the UNIQUE constraints on
+``prev_hash`` and ``entry_hash`` would make a racing writer fail rather than
+fork the chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from .txn import Tx
+
+__all__ = ["AUDIT_COLUMNS", "insert_event", "ledger_head"]
+
+AUDIT_COLUMNS: Final[tuple[str, ...]] = (
+    "seq", "ledger_id", "prev_hash", "entry_hash", "hash_alg", "schema_version", "event_id", "run_id",
+    "run_seq", "parent_run_id", "machine_name", "machine_version", "machine_digest", "event_type",
+    "from_status", "to_status", "from_step", "to_step", "occurred_at", "recorded_at", "actor_type",
+    "actor_id", "agent_name", "agent_version", "prompt_version", "decision", "outcome", "reason",
+    "error_code", "model_provider", "model_id", "tokens_in", "tokens_out", "cost_micros", "latency_ms",
+    "attempt", "input_sha256", "output_sha256", "state_sha256", "caused_by_event_id", "payload_json",
+    "payload_sha256",
+)
+"""Every column of ``audit_event``, in table order."""
+
+_HEAD: Final = "SELECT seq, entry_hash FROM audit_event ORDER BY seq DESC LIMIT 1"
+_INSERT: Final = (
+    f"INSERT INTO audit_event ({', '.join(AUDIT_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c for c in AUDIT_COLUMNS)})"
+)
+
+
+def ledger_head(tx: Tx) -> tuple[int, str] | None:
+    """``(seq, entry_hash)`` of the newest row; ``None`` for an empty ledger. Read it under the write lock."""
+    row = tx.one(_HEAD)
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def insert_event(tx: Tx, row: Mapping[str, Any]) -> None:
+    """Insert one complete row (every column of :data:`AUDIT_COLUMNS`), built by ``chain.new_event_row``."""
+    tx.run(_INSERT, row)
