@@ -50,12 +50,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from .._time import format_utc, utc_now
-from ..errors import LedgerError
+from ..errors import LedgerError, StoreError
+from ..store.audit_reads import meta_value
 from ..store.db import Database
+from ..store.ledger import set_meta
 from .chain import append_event
 
 __all__ = [
@@ -210,9 +212,7 @@ def take_anchor(db: Database, *, by: str = "statecraft", actor_type: str = "syst
 
 def newest_anchor_seen(conn: Connection) -> Anchor | None:
     """The newest anchor remembered in ``statecraft_meta`` (``None`` if none, or unreadable). Read-only."""
-    value = conn.execute(
-        text("SELECT value FROM statecraft_meta WHERE key = :k"), {"k": META_KEY}
-    ).scalar()
+    value = meta_value(conn, META_KEY)
     if not value:
         return None
     try:
@@ -241,16 +241,10 @@ def remember_anchor(db: Database, anchor: Anchor) -> bool:
             seen = newest_anchor_seen(conn)
             if seen is None or anchor.seq > seen.seq:
                 _store_seen(conn, anchor)
-    except (OperationalError, DBAPIError, sqlite3.OperationalError):
+    except (OperationalError, DBAPIError, sqlite3.OperationalError, StoreError):
         return False
     return True
 
 
 def _store_seen(conn: Connection, anchor: Anchor) -> None:
-    conn.execute(
-        text(
-            "INSERT INTO statecraft_meta (key, value) VALUES (:k, :v) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-        ),
-        {"k": META_KEY, "v": anchor.text()},
-    )
+    set_meta(conn, META_KEY, anchor.text())

@@ -59,10 +59,10 @@ from dataclasses import dataclass
 from typing import IO, Any, Final
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import text
 
 from .._time import format_utc, utc_now
 from ..errors import LedgerError
+from ..store import audit_reads as reads
 from ..store.db import Database
 from .anchor import Anchor, parse_anchor
 from .chain import ALL_COLUMNS, HASH_ALG
@@ -146,36 +146,22 @@ def export_bundle(
         LedgerError: nothing matches; an anchor is of another ledger or
             beyond the ledger's head; ``through`` beyond the head.
     """
-    clauses: list[str] = []
-    params: dict[str, Any] = {}
-    if runs:
-        names = [f"r{i}" for i in range(len(runs))]
-        clauses.append(f"run_id IN ({', '.join(':' + n for n in names)})")
-        params.update(zip(names, runs))
-    if since is not None:
-        clauses.append("occurred_at >= :since")
-        params["since"] = since
-    if until is not None:
-        clauses.append("occurred_at < :until")
-        params["until"] = until
-    where = " AND ".join(clauses) or "1"
     with db.read() as conn:
-        head = conn.execute(
-            text("SELECT seq, entry_hash FROM audit_event ORDER BY seq DESC LIMIT 1")
-        ).first()
+        head = reads.ledger_head_row(conn)
         if head is None:
             raise LedgerError("the ledger is empty")
-        selected = {int(r[0]) for r in conn.execute(text(f"SELECT seq FROM audit_event WHERE {where}"), params)}
+        selected: set[int] = set()
+        run_ids: list[str | None] = list(runs) or [None]
+        for run_id in run_ids:
+            where, params = reads.event_filter_where(
+                _Selection(run_id, since, until), sqlite=reads.is_sqlite(conn)
+            )
+            selected |= reads.seqs_matching(conn, where, params)
         if not selected:
             raise LedgerError("no audit events match the selection")
-        for redaction_seq, target_seq in conn.execute(
-            text(
-                "SELECT r.seq, e.seq FROM audit_event r JOIN audit_event e "
-                "ON e.event_id = r.caused_by_event_id WHERE r.event_type = 'payload.redacted'"
-            )
-        ):
+        for redaction_seq, target_seq in reads.redaction_pairs(conn):
             if target_seq in selected:
-                selected.add(int(redaction_seq))
+                selected.add(redaction_seq)
         first, last = min(selected), max(selected)
         # A selected event may share a blob (same bytes) with an event of another
         # run that was lawfully redacted: the body is gone for both. The
@@ -210,11 +196,7 @@ def export_bundle(
         )
         wanted: set[str] = set()
         events = context = 0
-        result = conn.execution_options(stream_results=True).execute(
-            text(f"SELECT {', '.join(ALL_COLUMNS)} FROM audit_event WHERE seq BETWEEN :a AND :b ORDER BY seq"),
-            {"a": first, "b": last},
-        )
-        for rows in result.partitions(1000):
+        for rows in reads.events_between(conn, ALL_COLUMNS, first, last):
             for values in rows:
                 row = dict(zip(ALL_COLUMNS, values))
                 if row["seq"] in selected:
@@ -226,10 +208,7 @@ def export_bundle(
                     writer.write({"kind": "context", **row})
                     context += 1
         for digest in sorted(wanted):
-            found = conn.execute(
-                text("SELECT body, size, media_type FROM blob WHERE sha256 = :h"), {"h": digest}
-            ).first()
-            writer.write(_blob_line(digest, found))
+            writer.write(_blob_line(digest, reads.blob_body(conn, digest)))
         for a in sorted(anchors, key=lambda a: a.seq):
             writer.write({"kind": "anchor", "text": a.text()})
     writer.end()
@@ -239,31 +218,37 @@ def export_bundle(
 def _redactions_of_shared_blobs(conn: Any, selected: set[int]) -> list[tuple[int, int]]:
     """``(target seq, payload.redacted seq)`` authorising each redacted blob the selected events reference."""
     refs = {
-        h for row in conn.execute(
-            text("SELECT seq, input_sha256, output_sha256, state_sha256 FROM audit_event WHERE seq >= :a AND seq <= :b"),
-            {"a": min(selected), "b": max(selected)},
-        ) if int(row[0]) in selected for h in row[1:] if h
+        h for row in reads.refs_between(conn, min(selected), max(selected))
+        if int(row[0]) in selected for h in row[1:] if h
     }
     pairs: list[tuple[int, int]] = []
     for digest in sorted(refs):
-        body = conn.execute(text("SELECT body FROM blob WHERE sha256 = :h"), {"h": digest}).first()
+        body = reads.blob_body(conn, digest)
         if body is None or body[0] is not None:
             continue
-        found = conn.execute(
-            text(
-                "SELECT e.seq, r.seq FROM audit_event r JOIN audit_event e ON e.event_id = r.caused_by_event_id "
-                "WHERE r.event_type = 'payload.redacted' AND e.seq < r.seq "
-                "AND (e.input_sha256 = :h OR e.output_sha256 = :h OR e.state_sha256 = :h) "
-                "ORDER BY r.seq LIMIT 1"
-            ),
-            {"h": digest},
-        ).first()
+        found = reads.redaction_of_blob(conn, digest)
         if found is not None:
-            pairs.append((int(found[0]), int(found[1])))
+            pairs.append(found)
     return pairs
 
 
-def _blob_line(digest: str, found: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Selection:
+    """An export's selection in the shape of an ``EventFilter`` (one run at a time)."""
+
+    run_id: str | None
+    since: str | None
+    until: str | None
+    machine: None = None
+    actor: None = None
+    event_types: tuple[str, ...] = ()
+    step: None = None
+    status: None = None
+    model: None = None
+    after_seq: int = 0
+
+
+def _blob_line(digest: str, found: tuple[bytes | None, int, str] | None) -> dict[str, Any]:
     if found is None:
         return {"kind": "blob", "sha256": digest, "missing": True}
     body, size, media_type = found
@@ -271,7 +256,7 @@ def _blob_line(digest: str, found: Any) -> dict[str, Any]:
     if body is None:
         line["redacted"] = True
         return line
-    data = bytes(body)
+    data = body
     try:
         line["body"] = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -20,14 +20,14 @@ is half-open: ``since <= occurred_at < until``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import Connection, text
 
 from .._time import format_utc, parse_utc
 from ..errors import RunNotFound
+from ..store import audit_reads as reads
 from ..store.db import Database
 from .chain import ALL_COLUMNS
 
@@ -40,7 +40,6 @@ __all__ = [
     "run_timeline",
 ]
 
-_COLUMNS: Final = ", ".join(ALL_COLUMNS)
 _PROBE: Final = 10_000
 
 
@@ -86,47 +85,9 @@ class EventFilter:
     after_seq: int = 0
     limit: int | None = None
 
-    def where(self) -> tuple[str, dict[str, Any]]:
-        """The SQL ``WHERE`` clause (``"1"`` if none) and its named parameters."""
-        clauses: list[str] = []
-        params: dict[str, Any] = {}
-
-        def add(clause: str, **values: Any) -> None:
-            clauses.append(clause)
-            params.update(values)
-
-        if self.run_id is not None:
-            add("run_id = :run_id", run_id=self.run_id)
-        if self.machine is not None:
-            add("machine_name = :machine", machine=self.machine)
-        if self.actor is not None:
-            add("actor_id = :actor", actor=self.actor)
-        if self.event_types:
-            exact = [t for t in self.event_types if not any(ch in t for ch in "*?[")]
-            globs = [t for t in self.event_types if t not in exact]
-            parts = []
-            if exact:
-                names = [f"et{i}" for i in range(len(exact))]
-                parts.append(f"event_type IN ({', '.join(':' + n for n in names)})")
-                params.update(zip(names, exact))
-            for i, pattern in enumerate(globs):
-                parts.append(f"event_type GLOB :eg{i}")
-                # GLOB: the shell's * ? [..], case-sensitive like event types.
-                params[f"eg{i}"] = pattern
-            clauses.append("(" + " OR ".join(parts) + ")")
-        if self.step is not None:
-            add("(to_step = :step OR from_step = :step)", step=self.step)
-        if self.status is not None:
-            add("to_status = :status", status=self.status)
-        if self.model is not None:
-            add("model_id = :model", model=self.model)
-        if self.since is not None:
-            add("occurred_at >= :since", since=self.since)
-        if self.until is not None:
-            add("occurred_at < :until", until=self.until)
-        if self.after_seq:
-            add("seq > :after_seq", after_seq=int(self.after_seq))
-        return (" AND ".join(clauses) or "1"), params
+    def where(self, *, sqlite: bool = True) -> tuple[str, dict[str, Any]]:
+        """The SQL ``WHERE`` clause (``"1 = 1"`` if none) and its named parameters (built by the store)."""
+        return reads.event_filter_where(self, sqlite=sqlite)
 
     @property
     def indexed(self) -> bool:
@@ -135,7 +96,7 @@ class EventFilter:
             v is not None for v in (self.run_id, self.actor, self.model, self.since, self.until)
         )
 
-    def sql(self, *, use_index: bool | None = None) -> tuple[str, dict[str, Any]]:
+    def sql(self, *, use_index: bool | None = None, sqlite: bool = True) -> tuple[str, dict[str, Any]]:
         """The full ``SELECT`` (every column, ``seq`` order, ``LIMIT``) and its parameters.
 
         Args:
@@ -143,17 +104,10 @@ class EventFilter:
                 ``seq`` (right when few rows match), rather than walk the
                 table in ``seq`` order and filter (right when many match and
                 a page is wanted). Default: whenever an indexed filter is set.
+            sqlite: build it for SQLite (else PostgreSQL).
         """
-        where, params = self.where()
-        # ``+seq`` is no longer a plain reference to the rowid, so SQLite
-        # cannot satisfy ORDER BY by walking the table and must use the
-        # filter's index (then sort); plain ``seq`` lets it walk in order.
         by_index = self.indexed if use_index is None else use_index
-        sql = f"SELECT {_COLUMNS} FROM audit_event WHERE {where} ORDER BY {'+seq' if by_index else 'seq'}"
-        if self.limit is not None:
-            sql += " LIMIT :limit"
-            params["limit"] = int(self.limit)
-        return sql, params
+        return reads.event_filter_select(self, ALL_COLUMNS, by_index=by_index, sqlite=sqlite)
 
 
 def iter_events(db: Database, flt: EventFilter) -> Iterator[dict[str, Any]]:
@@ -171,14 +125,10 @@ def iter_events(db: Database, flt: EventFilter) -> Iterator[dict[str, Any]]:
             # seq order; a selective one through its index. Ask the index
             # (at most _PROBE entries) which it is. A time window always
             # uses its index: walking from seq 1 to reach it could take long.
-            where, params = flt.where()
-            matches = conn.execute(
-                text(f"SELECT COUNT(*) FROM (SELECT 1 FROM audit_event WHERE {where} LIMIT {_PROBE})"), params
-            ).scalar()
-            use_index = int(matches or 0) < _PROBE
-        sql, params = flt.sql(use_index=use_index)
-        result = conn.execution_options(stream_results=True).execute(text(sql), params)
-        for rows in result.partitions(1000):
+            where, params = flt.where(sqlite=reads.is_sqlite(conn))
+            use_index = reads.count_matches(conn, where, params, _PROBE) < _PROBE
+        sql, params = flt.sql(use_index=use_index, sqlite=reads.is_sqlite(conn))
+        for rows in reads.stream(conn, sql, params or None):
             for row in rows:
                 yield dict(zip(ALL_COLUMNS, row))
 
@@ -272,23 +222,14 @@ def run_timeline(db: Database, run_id: str) -> RunTimeline:
         RunNotFound: no run row and no events with this id.
     """
     with db.read() as conn:
-        run_row = conn.execute(text("SELECT * FROM run WHERE run_id = :r"), {"r": run_id}).mappings().first()
-        events = tuple(
-            dict(zip(ALL_COLUMNS, r))
-            for r in conn.execute(
-                text(f"SELECT {_COLUMNS} FROM audit_event WHERE run_id = :r ORDER BY run_seq"),
-                {"r": run_id},
-            )
-        )
+        run_row = reads.run_row(conn, run_id)
+        events = tuple(dict(zip(ALL_COLUMNS, r)) for r in reads.run_events(conn, ALL_COLUMNS, run_id))
         if run_row is None and not events:
             raise RunNotFound(run_id)
         ids = {e["event_id"] for e in events}
         redactions = {
             r["caused_by_event_id"]: r
-            for r in _rows(
-                conn,
-                f"SELECT {_COLUMNS} FROM audit_event WHERE event_type = 'payload.redacted' ORDER BY seq",
-            )
+            for r in (dict(zip(ALL_COLUMNS, row)) for row in reads.redaction_events(conn, ALL_COLUMNS))
             if r["caused_by_event_id"] in ids
         }
         blobs: dict[str, bytes | None] = {}
@@ -296,15 +237,10 @@ def run_timeline(db: Database, run_id: str) -> RunTimeline:
             e[c] for e in events for c in ("input_sha256", "output_sha256", "state_sha256") if e[c]
         }
         for digest in sorted(wanted):
-            found = conn.execute(text("SELECT body FROM blob WHERE sha256 = :h"), {"h": digest}).first()
+            found = reads.blob_body(conn, digest)
             if found is not None:
-                blobs[digest] = None if found[0] is None else bytes(found[0])
-        children = tuple(
-            str(r[0])
-            for r in conn.execute(
-                text("SELECT run_id FROM run WHERE parent_run_id = :r ORDER BY created_at"), {"r": run_id}
-            )
-        )
+                blobs[digest] = found[0]
+        children = reads.child_runs(conn, run_id)
     started_by = next((e["actor_id"] for e in events if e["run_seq"] == 1), None)
     requests = [e for e in events if e["event_type"] == "approval.requested"]
     approvals = tuple(
@@ -331,7 +267,3 @@ def run_timeline(db: Database, run_id: str) -> RunTimeline:
         children=children,
         totals=totals,
     )
-
-
-def _rows(conn: Connection, sql: str, params: Mapping[str, Any] | None = None) -> Sequence[dict[str, Any]]:
-    return [dict(zip(ALL_COLUMNS, r)) for r in conn.execute(text(sql), dict(params or {}))]

@@ -41,11 +41,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from .._time import format_utc, utc_now
 from ..errors import LedgerError
+from ..store import audit_reads as reads
 from ..store.db import Database
+from ..store.ledger import clear_blob_body
+from ..store.ledger import clear_payload as clear_payload_of
 from .chain import append_event
 
 __all__ = ["PARTS", "Redaction", "redact_event"]
@@ -57,8 +60,8 @@ PARTS: Final[tuple[str, ...]] = ("payload", "input", "output", "state")
 DEFAULT_PARTS: Final[tuple[str, ...]] = ("payload", "input", "output")
 
 _EVENT_COLUMNS: Final = (
-    "seq, event_id, event_type, run_id, payload_json, payload_sha256, "
-    "input_sha256, output_sha256, state_sha256"
+    "seq", "event_id", "event_type", "run_id", "payload_json", "payload_sha256",
+    "input_sha256", "output_sha256", "state_sha256",
 )
 
 
@@ -162,11 +165,9 @@ def redact_event(
             },
         )
         if clear_payload:
-            conn.execute(
-                text("UPDATE audit_event SET payload_json = NULL WHERE seq = :s"), {"s": target["seq"]}
-            )
+            clear_payload_of(conn, int(target["seq"]))
         for digest in blobs.values():
-            conn.execute(text("UPDATE blob SET body = NULL WHERE sha256 = :h"), {"h": digest})
+            clear_blob_body(conn, digest)
     return Redaction(
         seq=int(target["seq"]),
         event_id=str(target["event_id"]),
@@ -178,32 +179,19 @@ def redact_event(
 
 
 def _load(conn: Connection, event: str | int) -> dict[str, Any]:
-    if isinstance(event, int) or (isinstance(event, str) and event.isdigit()):
-        found = conn.execute(
-            text(f"SELECT {_EVENT_COLUMNS} FROM audit_event WHERE seq = :k"), {"k": int(event)}
-        ).mappings().first()
-    else:
-        found = conn.execute(
-            text(f"SELECT {_EVENT_COLUMNS} FROM audit_event WHERE event_id = :k"), {"k": event}
-        ).mappings().first()
+    found = reads.event_by_key(conn, _EVENT_COLUMNS, event)
     if found is None:
         raise LedgerError(f"no audit event {event!r} (give its event_id or seq)")
-    return dict(found)
+    return found
 
 
 def _has_body(conn: Connection, digest: str) -> bool:
-    body = conn.execute(text("SELECT body FROM blob WHERE sha256 = :h"), {"h": digest}).first()
-    return body is not None and body[0] is not None
+    found = reads.blob_body(conn, digest)
+    return found is not None and found[0] is not None
 
 
 def _check_not_in_use(conn: Connection, digest: str, part: str, seq: int) -> None:
-    live = conn.execute(
-        text(
-            "SELECT run_id, status FROM run WHERE (state_sha256 = :h OR task_sha256 = :h) "
-            "AND status NOT IN ('DONE', 'FAILED') LIMIT 1"
-        ),
-        {"h": digest},
-    ).first()
+    live = reads.live_run_using_blob(conn, digest)
     if live is not None:
         raise LedgerError(
             f"seq {seq}: the {part} blob is the current state or task of run {live[0]} "

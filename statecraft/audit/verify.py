@@ -74,15 +74,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any, Final, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from ..errors import LedgerError
+from ..store import audit_reads as reads
 from ..store.db import Database
 from .anchor import Anchor, newest_anchor_seen
 from .chain import (
@@ -116,15 +117,10 @@ _CHECKED: Final[tuple[str, ...]] = (
     "caused_by_event_id", "payload_sha256", "entry_hash", "payload_json",
 )  # fmt: skip
 
-_PYTHON_SCAN_SQL: Final = (
-    f"SELECT {', '.join(_CHECKED + _SORTED_HASHED)} FROM audit_event ORDER BY seq"
-)
-_PYTHON_SCAN_AFTER_SQL: Final = (
-    f"SELECT {', '.join(_CHECKED + _SORTED_HASHED)} FROM audit_event "
-    "WHERE seq > ? ORDER BY seq"
-)
-_ROW_VALUES_SQL: Final = f"SELECT {', '.join(_SORTED_HASHED)} FROM audit_event WHERE seq = ?"
-_ENVELOPE_SQL: Final = "json_object(" + ", ".join(f"'{c}', {c}" for c in _SORTED_HASHED) + ")"
+_PYTHON_SCAN: Final = reads.scan_sql(_CHECKED + _SORTED_HASHED)
+_PYTHON_SCAN_AFTER: Final = reads.scan_sql(_CHECKED + _SORTED_HASHED, after=True)
+_ROW_VALUES: Final = reads.row_values_sql(_SORTED_HASHED)
+_ENVELOPE_SQL: Final = reads.envelope_sql(_SORTED_HASHED)
 
 
 class VerifyReport(BaseModel):
@@ -210,41 +206,18 @@ def _sqlite_renders_jcs() -> bool:
     """
     every_char = "".join(map(chr, chain(range(0xD800), range(0xE000, 0x110000))))
     values = {"k": every_char, "m": -_MAX_SAFE_INT, "n": None, "p": _MAX_SAFE_INT, "z": 0}
-    conn = sqlite3.connect(":memory:")
     try:
-        rendered = conn.execute(
-            "SELECT json_object('k', ?, 'm', ?, 'n', ?, 'p', ?, 'z', ?)", tuple(values.values())
-        ).fetchone()[0]
+        rendered = reads.sqlite_json_object(list(values.values()))
     except sqlite3.Error:  # built without JSON functions
         return False
-    finally:
-        conn.close()
     return isinstance(rendered, str) and rendered.encode("utf-8") == canonical_json(values)
-
-
-def _has_text_affinity(declared: str) -> bool:
-    # SQLite's column affinity rules (https://sqlite.org/datatype3.html, 3.1):
-    # such a column converts numbers to TEXT, so it never holds a REAL or INTEGER.
-    declared = declared.upper()
-    return "INT" not in declared and any(t in declared for t in ("CHAR", "CLOB", "TEXT"))
 
 
 def _sqlite_scan_sql(raw: sqlite3.Connection) -> str | None:
     """The SQLite-rendering scan for this table's declared types, or ``None`` if unusable."""
     if not _sqlite_renders_jcs():
         return None
-    declared = {r[1]: r[2] for r in raw.execute("PRAGMA table_info(audit_event)")}
-    if not set(_SORTED_HASHED) <= declared.keys():
-        return None
-    unsafe = " OR ".join(
-        f"typeof({c}) = 'real' OR {c} > {_MAX_SAFE_INT} OR {c} < -{_MAX_SAFE_INT}"
-        for c in _SORTED_HASHED
-        if not _has_text_affinity(declared[c])
-    )
-    return (
-        f"SELECT {', '.join(_CHECKED)}, ({unsafe or '0'}), {_ENVELOPE_SQL} "
-        "FROM audit_event ORDER BY seq"
-    )
+    return reads.sqlite_scan(raw, _CHECKED, _SORTED_HASHED, _MAX_SAFE_INT)
 
 
 # -- the walk -------------------------------------------------------------------------
@@ -429,11 +402,11 @@ def _stream_sqlite(conn: Connection, walk: _Walk) -> None:
     Raises:
         _Failure: from the walk, or a row the driver cannot read.
     """
-    raw: sqlite3.Connection = conn.connection.dbapi_connection  # type: ignore[assignment]
+    raw = reads.sqlite_raw(conn)
     lookup = raw.cursor()
 
     def row_values(seq: int) -> Sequence[Any]:
-        found = lookup.execute(_ROW_VALUES_SQL, (seq,)).fetchone()
+        found = lookup.execute(_ROW_VALUES, (seq,)).fetchone()
         if found is None:  # impossible: the row was just streamed, in this snapshot
             raise LedgerError(f"seq {seq} vanished during verify")
         return tuple(found)
@@ -444,7 +417,7 @@ def _stream_sqlite(conn: Connection, walk: _Walk) -> None:
         try:
             scan = _sqlite_scan_sql(raw)
             rendered = scan is not None
-            cursor.execute(scan or _PYTHON_SCAN_SQL)
+            cursor.execute(scan or _PYTHON_SCAN)
             while rows := cursor.fetchmany(_BATCH):
                 walk.feed(rows, rendered=rendered)
             return
@@ -453,14 +426,12 @@ def _stream_sqlite(conn: Connection, walk: _Walk) -> None:
             # not UTF-8 fails the whole fetchmany. Either way, go on from the
             # verified prefix one row at a time in Python, to name the row.
             pass
-        cursor.execute(_PYTHON_SCAN_AFTER_SQL, (walk.last_seq,))
+        cursor.execute(_PYTHON_SCAN_AFTER, {"s": walk.last_seq})
         while True:
             try:
                 row = cursor.fetchone()
             except sqlite3.Error as exc:
-                bad = conn.execute(
-                    text("SELECT MIN(seq) FROM audit_event WHERE seq > :s"), {"s": walk.last_seq}
-                ).scalar()
+                bad = reads.min_seq_after(conn, walk.last_seq)
                 raise _Failure(bad, f"seq {bad}: row cannot be read (row edited): {exc}") from None
             if row is None:
                 return
@@ -472,45 +443,25 @@ def _stream_sqlite(conn: Connection, walk: _Walk) -> None:
 
 def _stream_other(conn: Connection, walk: _Walk) -> None:
     """Feed every row to ``walk`` through SQLAlchemy (non-SQLite databases)."""
-    result = conn.execution_options(stream_results=True).exec_driver_sql(_PYTHON_SCAN_SQL)
-    for rows in result.partitions(_BATCH):
+    for rows in reads.stream(conn, _PYTHON_SCAN):
         walk.feed(rows, rendered=False)
 
 
 def _authorised_later(conn: Connection) -> Callable[[str, int], bool]:
-    def authorised(event_id: str, seq: int) -> bool:
-        return conn.execute(
-            text(
-                "SELECT 1 FROM audit_event WHERE event_type = 'payload.redacted' "
-                "AND caused_by_event_id = :e AND seq > :s LIMIT 1"
-            ),
-            {"e": event_id, "s": seq},
-        ).first() is not None
-
-    return authorised
+    return lambda event_id, seq: reads.authorised_later(conn, event_id, seq)
 
 
 def _diagnose_prev_hash(conn: Connection, failure: _Failure) -> _Failure:
     """Add what the bad ``prev_hash`` points at (a fork, a reorder, nothing) to the reason."""
-    prev_hash = conn.execute(
-        text("SELECT prev_hash FROM audit_event WHERE seq = :s"), {"s": failure.seq}
-    ).scalar()
+    assert failure.seq is not None
+    prev_hash = reads.prev_hash_at(conn, failure.seq)
     if prev_hash is None:
         return failure
-    parent = conn.execute(
-        text("SELECT seq FROM audit_event WHERE entry_hash = :h ORDER BY seq LIMIT 1"),
-        {"h": prev_hash},
-    ).scalar()
+    parent = reads.seq_with_entry_hash(conn, prev_hash)
     if parent is None:
         note = "no row has that entry_hash"
     else:
-        sibling = conn.execute(
-            text(
-                "SELECT seq FROM audit_event WHERE prev_hash = :h AND seq <> :s "
-                "ORDER BY seq LIMIT 1"
-            ),
-            {"h": prev_hash, "s": failure.seq},
-        ).scalar()
+        sibling = reads.sibling_of(conn, prev_hash, failure.seq)
         if sibling is not None:
             note = f"fork: seq {sibling} and seq {failure.seq} both follow seq {parent}"
         elif parent >= failure.seq:
@@ -529,29 +480,6 @@ FOLDED_COLUMNS: Final[tuple[str, ...]] = (
 )
 """Run-row columns shown to reviewers that verify folds from the ledger, besides status/step/state/run_seq."""
 
-_FOLD_DETAILS_SQL: Final = (
-    "SELECT l.run_id, l.machine_name, l.machine_version, l.machine_digest, l.parent_run_id, "
-    "f.actor_id, f.occurred_at, l.occurred_at, "
-    "CASE WHEN l.to_status = 'FAILED' THEN l.error_code END, "
-    "CASE WHEN l.to_status = 'FAILED' THEN l.reason END, "
-    "t.tokens_in, t.tokens_out, t.cost_micros "
-    "FROM ("
-    "  SELECT run_id, MAX(run_seq) AS last_run_seq, COALESCE(SUM(tokens_in), 0) AS tokens_in,"
-    "         COALESCE(SUM(tokens_out), 0) AS tokens_out, COALESCE(SUM(cost_micros), 0) AS cost_micros"
-    "  FROM audit_event WHERE run_id IS NOT NULL GROUP BY run_id"
-    ") t "
-    "JOIN audit_event l ON l.run_id = t.run_id AND l.run_seq = t.last_run_seq "
-    "JOIN audit_event f ON f.run_id = t.run_id AND f.run_seq = 1"
-)
-_RUN_DETAILS_SQL: Final = "SELECT run_id, " + ", ".join(FOLDED_COLUMNS) + " FROM run"
-_PENDING_SQL: Final = (
-    "SELECT r.run_id, r.pending_reason, r.pending_proposal_digest, r.pending_resume_at, "
-    "e.seq, e.reason, e.payload_json FROM run r JOIN audit_event e ON e.run_id = r.run_id "
-    "AND e.run_seq = (SELECT MAX(run_seq) FROM audit_event x WHERE x.run_id = r.run_id "
-    "AND x.event_type = 'approval.requested') WHERE r.status = 'WAITING_FOR_APPROVAL'"
-)
-
-
 def fold_runs(conn: Connection) -> dict[str, RunFold]:
     """Fold the audit events of every run into the run's current status.
 
@@ -567,16 +495,7 @@ def fold_runs(conn: Connection) -> dict[str, RunFold]:
         ``{run_id: RunFold(status, step, state_sha256, run_seq)}``; a
         ``RunFold`` is a tuple, so it compares equal to a plain 4-tuple.
     """
-    rows = conn.execute(
-        text(
-            "SELECT a.run_id, a.to_status, a.to_step, a.state_sha256, a.run_seq "
-            "FROM audit_event a JOIN ("
-            "  SELECT run_id, MAX(run_seq) AS last_run_seq FROM audit_event"
-            "  WHERE run_id IS NOT NULL GROUP BY run_id"
-            ") b ON a.run_id = b.run_id AND a.run_seq = b.last_run_seq"
-        )
-    ).all()
-    return {r[0]: RunFold(r[1], r[2], r[3], r[4]) for r in rows}
+    return {r[0]: RunFold(r[1], r[2], r[3], r[4]) for r in reads.fold_last_events(conn)}
 
 
 def _describe(fields: Sequence[str], values: Sequence[Any]) -> str:
@@ -595,9 +514,9 @@ def _check_runs(
 
 def _check_run_details(conn: Connection, runs: dict[str, tuple[Any, Any, Any, int, int]]) -> _Failure | None:
     """The run row's reviewer-facing columns (:data:`FOLDED_COLUMNS`) against its events."""
-    folded = {r[0]: tuple(r[1:]) for r in conn.execute(text(_FOLD_DETAILS_SQL)).all()}
+    folded = reads.fold_details(conn)
     problems: list[tuple[int, str]] = []
-    for row in conn.execute(text(_RUN_DETAILS_SQL)).all():
+    for row in reads.run_details(conn, FOLDED_COLUMNS):
         run_id, values = row[0], tuple(row[1:])
         expected = folded.get(run_id)
         if expected is None or values == expected:
@@ -618,7 +537,7 @@ def _check_pending(conn: Connection) -> _Failure | None:
     import json
 
     problems: list[tuple[int, str]] = []
-    for run_id, reason, digest, resume_at, seq, asked_reason, payload in conn.execute(text(_PENDING_SQL)).all():
+    for run_id, reason, digest, resume_at, seq, asked_reason, payload in reads.pending_proposals(conn):
         if payload is None:
             continue  # lawfully redacted: only the hashed reason is left to compare
         asked = json.loads(payload)
@@ -638,12 +557,7 @@ def _check_run_position(
     conn: Connection, runs: dict[str, tuple[Any, Any, Any, int, int]]
 ) -> _Failure | None:
     """Status, step, state hash and run_seq of each run row against the walk's fold."""
-    run_rows = {
-        r[0]: (r[1], r[2], r[3], r[4])
-        for r in conn.execute(
-            text("SELECT run_id, status, step, state_sha256, run_seq FROM run")
-        ).all()
-    }
+    run_rows = reads.run_positions(conn)
     names = ("status", "step", "state_sha256", "run_seq")
     problems: list[tuple[int, str]] = []
     for run_id, (status, step, state, run_seq, last) in runs.items():
@@ -673,15 +587,6 @@ def _check_run_position(
 
 # -- blobs ------------------------------------------------------------------------------
 
-_REFS_SQL: Final = "SELECT seq, input_sha256, output_sha256, state_sha256 FROM audit_event"
-_MISSING_BLOB_SQL: Final = (
-    "SELECT seq, input_sha256, output_sha256, state_sha256 FROM audit_event e WHERE "
-    + " OR ".join(
-        f"(e.{c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM blob b WHERE b.sha256 = e.{c}))"
-        for c in ("input_sha256", "output_sha256", "state_sha256")
-    )
-    + " ORDER BY seq LIMIT 1"
-)
 
 
 def _redaction_targets(conn: Connection, walk: _Walk) -> tuple[list[tuple[int, int]], set[str]]:
@@ -694,7 +599,7 @@ def _redaction_targets(conn: Connection, walk: _Walk) -> tuple[list[tuple[int, i
     pairs: list[tuple[int, int]] = []
     blobs: set[str] = set()
     for event_id, by_seq in walk.redaction_events:
-        target = conn.execute(text(f"{_REFS_SQL} WHERE event_id = :e"), {"e": event_id}).first()
+        target = reads.event_refs(conn, event_id)
         if target is not None and target[0] < by_seq:
             pairs.append((int(target[0]), by_seq))
             blobs.update(h for h in target[1:] if h)
@@ -716,7 +621,7 @@ def _check_blobs(
     """
     problems: dict[str, str] = {}
     sha256 = hashlib.sha256
-    for rows in _stream(conn, "SELECT sha256, body FROM blob"):
+    for rows in reads.blob_rows(conn):
         for key, body in rows:
             if body is None:
                 if key not in authorised:
@@ -727,20 +632,20 @@ def _check_blobs(
     if problems:
         first = min(problems)
         failure = _Failure(None, f"blob {first}: {problems[first]}; no event references it")
-        for rows in _stream(conn, f"{_REFS_SQL} ORDER BY seq"):
+        for rows in reads.ref_rows(conn):
             hit = next(((r[0], h) for r in rows for h in r[1:] if h in problems), None)
             if hit is not None:
                 failure = _Failure(hit[0], f"seq {hit[0]}: blob {hit[1]} {problems[hit[1]]}")
                 break
     if refs:
-        missing = conn.exec_driver_sql(_MISSING_BLOB_SQL).first()
+        missing = reads.first_missing_blob_ref(conn)
         if missing is not None:
             seq, *hashes = missing
             names = ("input_sha256", "output_sha256", "state_sha256")
             column = next(
                 n for n, h in zip(names, hashes)
                 if h is not None
-                and conn.execute(text("SELECT 1 FROM blob WHERE sha256 = :h"), {"h": h}).first() is None
+                and not reads.blob_exists(conn, h)
             )
             failure = _earliest(
                 failure,
@@ -753,20 +658,6 @@ def _check_blobs(
 
 def _as_bytes(body: Any) -> bytes:
     return body.encode("utf-8") if isinstance(body, str) else bytes(body)
-
-
-def _stream(conn: Connection, sql: str) -> Iterator[Sequence[Any]]:
-    """Batches of rows of ``sql``, through the plain sqlite3 cursor where possible (no result objects)."""
-    if conn.dialect.name == "sqlite":
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(sql)
-            while rows := cursor.fetchmany(_BATCH):
-                yield rows
-        finally:
-            cursor.close()
-        return
-    yield from conn.execution_options(stream_results=True).exec_driver_sql(sql).partitions(_BATCH)
 
 
 # -- anchors ----------------------------------------------------------------------------
@@ -792,19 +683,13 @@ def _check_anchors(
                 "(at most one of them is genuine)",
             ), None
     newest = ordered[-1]
-    head = conn.exec_driver_sql("SELECT MAX(seq) FROM audit_event").scalar() or 0
+    head = reads.ledger_head_seq(conn)
     # Newer anchors the database knows of: its memory, and verified ledger.anchored events.
     newer: list[str] = []
     seen = newest_anchor_seen(conn)
     if seen is not None and seen.ledger_id == ledger_id and seen.seq > newest.seq:
         newer.append(f"the newest anchor this database has seen (seq {seen.seq}, {seen.time})")
-    recorded = conn.execute(
-        text(
-            "SELECT seq, occurred_at FROM audit_event WHERE event_type = 'ledger.anchored' "
-            "AND seq <= :last ORDER BY seq DESC LIMIT 1"
-        ),
-        {"last": walk.last_seq},
-    ).first()
+    recorded = reads.last_anchored_before(conn, walk.last_seq)
     if recorded is not None and recorded[0] > newest.seq:
         newer.append(f"the anchor taken at seq {recorded[0]} ({recorded[1]}, a ledger.anchored event)")
     # The rows first: an anchor from outside that the ledger contradicts is a
@@ -823,9 +708,7 @@ def _check_anchors(
                 f"seq {head + 1} missing: the ledger ends at seq {head}, but {a.describe()} "
                 f"vouches for seq {a.seq} (tail truncated){proven}{conflict}",
             ), matched
-        row_hash = conn.execute(
-            text("SELECT entry_hash FROM audit_event WHERE seq = :s"), {"s": a.seq}
-        ).scalar()
+        row_hash = reads.entry_hash_at(conn, a.seq)
         if row_hash != a.entry_hash:
             return _Failure(
                 a.seq,
@@ -854,13 +737,11 @@ def _check_remembered(conn: Connection, ledger_id: str | None) -> _Failure | Non
     seen = newest_anchor_seen(conn)
     if seen is None or seen.ledger_id != ledger_id:
         return None
-    row_hash = conn.execute(
-        text("SELECT entry_hash FROM audit_event WHERE seq = :s"), {"s": seen.seq}
-    ).scalar()
+    row_hash = reads.entry_hash_at(conn, seen.seq)
     if row_hash == seen.entry_hash:
         return None
     if row_hash is None:
-        head = conn.exec_driver_sql("SELECT MAX(seq) FROM audit_event").scalar() or 0
+        head = reads.ledger_head_seq(conn)
         if head < seen.seq:
             return _Failure(
                 head + 1,
@@ -938,19 +819,12 @@ def verify_ledger(
     """
     with db.read() as conn:
         try:
-            ledger_id = conn.execute(
-                text("SELECT value FROM statecraft_meta WHERE key = 'ledger_id'")
-            ).scalar()
-            duplicates = {
-                r[0]
-                for r in conn.execute(
-                    text("SELECT event_id FROM audit_event GROUP BY event_id HAVING COUNT(*) > 1")
-                )
-            }
+            ledger_id = reads.meta_ledger_id(conn)
+            duplicates = reads.duplicate_event_ids(conn)
             walk = _Walk(ledger_id, duplicates)
             failure: _Failure | None = None
             try:
-                if conn.dialect.name == "sqlite":
+                if reads.is_sqlite(conn):
                     _stream_sqlite(conn, walk)
                 else:
                     _stream_other(conn, walk)
@@ -1011,9 +885,9 @@ def _guard_warnings(conn: Connection) -> tuple[str, ...]:
     """One warning per guard trigger missing from the ledger (SQLite; store/db.py creates them)."""
     from ..store.db import GUARD_TRIGGERS
 
-    if conn.dialect.name != "sqlite":
-        return ()
-    present = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    if not reads.is_sqlite(conn):
+        return ()  # PostgreSQL's guards are created with the schema; their report is SQLite's for now
+    present = reads.trigger_names(conn)
     return tuple(
         f"guard trigger {name} is missing: the database no longer refuses "
         f"{what} on audit_event (someone with write access dropped it; the chain check above "

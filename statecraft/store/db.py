@@ -153,6 +153,7 @@ class Database:
         self.is_sqlite = self.url.startswith("sqlite")
         self._closed = False
         self._local = threading.local()
+        self.sa_engine: Engine  # SQLAlchemy's; the name keeps it apart from statecraft's Engine
         self.read_only = bool(read_only) or "mode=ro" in self.url or "immutable=1" in self.url
         if self.is_sqlite:
             path = sqlite_path(self.url)
@@ -168,11 +169,11 @@ class Database:
                 self.url = _read_only_url(path)
             self._sqlite_engine(path)
         else:
-            self.engine = create_engine(self.url, pool_pre_ping=True)
+            self.sa_engine = create_engine(self.url, pool_pre_ping=True)
         try:
             self.ledger_id = self._init_schema(create)
         except (OperationalError, DatabaseError) as exc:
-            self.engine.dispose()
+            self.sa_engine.dispose()
             path = sqlite_path(self.url)
             if read_only is not False and not create and "immutable=1" not in self.url and path and _read_only_error(exc):
                 # Opening for writing failed where reading may not (read-only media).
@@ -182,17 +183,17 @@ class Database:
                     self.ledger_id = self._init_schema(create)
                     return
                 except (OperationalError, DatabaseError) as again:
-                    self.engine.dispose()
+                    self.sa_engine.dispose()
                     exc = again
             raise NotAStatecraftDatabase(
                 f"{self.url}: not a usable statecraft database ({exc.orig})"
             ) from exc
         except Exception:
-            self.engine.dispose()
+            self.sa_engine.dispose()
             raise
 
     def _sqlite_engine(self, path: str) -> None:
-        self.engine = create_engine(
+        self.sa_engine = create_engine(
             self.url,
             # isolation_level=None hands transaction control to us, so that
             # we can issue BEGIN IMMEDIATE (the pysqlite default defers BEGIN).
@@ -204,8 +205,8 @@ class Database:
             # invalidated (several times slower per step, bench_transitions).
             pool_use_lifo=path != ":memory:",
         )
-        event.listen(self.engine, "connect", self._on_connect)
-        event.listen(self.engine, "begin", self._on_begin)
+        event.listen(self.sa_engine, "connect", self._on_connect)
+        event.listen(self.sa_engine, "begin", self._on_begin)
 
     def _on_connect(self, dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
@@ -238,7 +239,7 @@ class Database:
     # -- schema ---------------------------------------------------------------
 
     def _init_schema(self, create: bool) -> str:
-        with self.engine.connect() as conn:
+        with self.sa_engine.connect() as conn:
             names = set(inspect(conn).get_table_names())
         if "statecraft_meta" not in names:
             if names and "audit_event" not in names:
@@ -248,7 +249,7 @@ class Database:
             if not create:
                 raise NotAStatecraftDatabase(f"{self.url}: no statecraft schema")
             return self._create_schema()
-        with self.engine.connect() as conn:
+        with self.sa_engine.connect() as conn:
             meta: dict[str, str] = {
                 str(k): str(v)
                 for k, v in conn.execute(text("SELECT key, value FROM statecraft_meta")).all()
@@ -343,7 +344,7 @@ class Database:
         """
         self._check_open()
         self.check_writable()
-        with self.engine.connect() as conn:
+        with self.sa_engine.connect() as conn:
             self._local.begin_mode = "IMMEDIATE"
             try:
                 with conn.begin():
@@ -355,7 +356,7 @@ class Database:
     def read(self) -> Iterator[Connection]:
         """A read-only unit of work (one consistent snapshot on SQLite WAL)."""
         self._check_open()
-        with self.engine.connect() as conn:
+        with self.sa_engine.connect() as conn:
             with conn.begin():
                 yield conn
 
@@ -378,7 +379,7 @@ class Database:
             from .txn import close_writer  # txn builds on this module
 
             close_writer(self)
-            self.engine.dispose()
+            self.sa_engine.dispose()
 
     def __enter__(self) -> Database:
         return self

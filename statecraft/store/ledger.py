@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from .txn import Tx
 
-__all__ = ["AUDIT_COLUMNS", "insert_event", "ledger_head"]
+__all__ = ["AUDIT_COLUMNS", "clear_blob_body", "clear_payload", "insert_event", "ledger_head", "set_meta"]
 
 AUDIT_COLUMNS: Final[tuple[str, ...]] = (
     "seq", "ledger_id", "prev_hash", "entry_hash", "hash_alg", "schema_version", "event_id", "run_id",
@@ -45,3 +45,28 @@ def ledger_head(tx: Tx) -> tuple[int, str] | None:
 def insert_event(tx: Tx, row: Mapping[str, Any]) -> None:
     """Insert one complete row (every column of :data:`AUDIT_COLUMNS`), built by ``chain.new_event_row``."""
     tx.run(_INSERT, row)
+
+
+def clear_payload(conn: Any, seq: int) -> None:
+    """Lawful redaction: set the event's ``payload_json`` to NULL (a guard trigger admits only this change)."""
+    from sqlalchemy import text
+
+    conn.execute(text("UPDATE audit_event SET payload_json = NULL WHERE seq = :s"), {"s": seq})
+
+
+def clear_blob_body(conn: Any, digest: str) -> None:
+    """Lawful redaction: remove a blob's body; its hash stays for the events that name it."""
+    from sqlalchemy import text
+
+    conn.execute(text("UPDATE blob SET body = NULL WHERE sha256 = :h"), {"h": digest})
+
+
+def set_meta(conn: Any, key: str, value: str) -> None:
+    """Set ``statecraft_meta[key]`` (insert or replace the value)."""
+    from sqlalchemy import text
+
+    conn.execute(
+        text("INSERT INTO statecraft_meta (key, value) VALUES (:k, :v) ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
+        {"k": key, "v": value},
+    )
+

@@ -356,7 +356,7 @@ def read_tx(db: Database, *, on_writer: bool = False) -> Iterator[Tx]:
                 if raw.in_transaction:
                     raw.execute("COMMIT")  # read-only: nothing to keep or lose either way
         return
-    pooled = db.engine.raw_connection()
+    pooled = db.sa_engine.raw_connection()
     try:
         driver = pooled.driver_connection
         assert isinstance(driver, sqlite3.Connection)
@@ -424,7 +424,7 @@ class _Writer:
     def connection(self, db: Database) -> sqlite3.Connection:
         """The connection, opened on first use (and again in a forked child: never share one across fork)."""
         if self.raw is None or self.pid != os.getpid():
-            pooled = db.engine.raw_connection()
+            pooled = db.sa_engine.raw_connection()
             raw = pooled.driver_connection
             assert isinstance(raw, sqlite3.Connection)
             pooled.detach()
