@@ -25,37 +25,49 @@ from .agents.pricing import ModelPrice
 from .aio import AsyncEngine
 from .engine import Engine, StepReport
 from .errors import (
+    AdvanceInterrupted,
+    ApprovalExpired,
     ApprovalMismatch,
     ApprovalRefused,
     DefinitionError,
+    IdentityError,
     IllegalTransition,
+    InvalidActorId,
+    KeyringError,
     LeaseHeld,
     LedgerError,
     MachineDefinitionError,
     MachineLoadError,
     MachineMismatch,
     NotAStatecraftDatabase,
+    NotAuthenticated,
     RunError,
     RunNotFound,
+    SignatureRefused,
     StatecraftError,
     StoreError,
 )
+from .identity import normalize_actor
 from .lifecycle import LEGAL_EDGES, RunStatus, Trigger
 from .loader import load_machine
 from .machine import Machine, Step
 from .outcomes import ApprovalPolicy, Fail, Finish, Goto, Outcome, RequestApproval
 from .policy import Budget, RetryPolicy
+from .signing import ApprovalSignature, Keyring, SigningKey
 from .store.db import Database
 from .views import AuditEvent, PendingApproval, RunInfo
 from .worker import Worker
 
 __all__ = [
     "LEGAL_EDGES",
+    "AdvanceInterrupted",
     "Agent",
     "AgentError",
+    "ApprovalExpired",
     "ApprovalMismatch",
     "ApprovalPolicy",
     "ApprovalRefused",
+    "ApprovalSignature",
     "AsyncClaudeAgent",
     "AsyncEngine",
     "AuditEvent",
@@ -67,7 +79,11 @@ __all__ = [
     "Fail",
     "Finish",
     "Goto",
+    "IdentityError",
     "IllegalTransition",
+    "InvalidActorId",
+    "Keyring",
+    "KeyringError",
     "LLMAuthError",
     "LLMBadRequest",
     "LLMError",
@@ -87,6 +103,7 @@ __all__ = [
     "MachineMismatch",
     "ModelPrice",
     "NotAStatecraftDatabase",
+    "NotAuthenticated",
     "Outcome",
     "PendingApproval",
     "RecordedCall",
@@ -96,6 +113,8 @@ __all__ = [
     "RunInfo",
     "RunNotFound",
     "RunStatus",
+    "SignatureRefused",
+    "SigningKey",
     "StatecraftError",
     "Step",
     "StepContext",
@@ -105,6 +124,7 @@ __all__ = [
     "Usage",
     "Worker",
     "load_machine",
+    "normalize_actor",
 ]
 
 

@@ -31,6 +31,7 @@ from datetime import timedelta
 from typing import Any
 
 from .engine import Engine, StepReport
+from .errors import AdvanceInterrupted, LeaseHeld
 from .execution import Attempt, attempt_async, is_async_callable, run_attempt
 from .lifecycle import RunStatus
 from .machine import Machine
@@ -95,7 +96,25 @@ class AsyncEngine:
             self.engine.start, machine, input, by=by, actor_type=actor_type, ref=ref,
             parent_run_id=parent_run_id, advance=False,
         )
-        return await self.advance(info.run_id, on_event=on_event) if advance else info
+        return await self._continue(info.run_id, on_event) if advance else info
+
+    async def _continue(self, run_id: str, on_event: Callable[[StepReport], None] | None) -> RunInfo:
+        """Advance a run whose request just committed, as ``Engine`` does.
+
+        A worker that took the run first is not an error (the run is returned
+        as it stands); anything else that stops the advance is
+        ``AdvanceInterrupted``, the one error that says something was written.
+        """
+        try:
+            return await self.advance(run_id, on_event=on_event)
+        except LeaseHeld:
+            return await self.get(run_id)
+        except Exception as exc:
+            try:
+                current: RunInfo | None = await self.get(run_id)
+            except Exception:
+                current = None
+            raise AdvanceInterrupted(run_id, current, exc) from exc
 
     async def approve(
         self,
@@ -119,7 +138,7 @@ class AsyncEngine:
             )
         )
         if advance and info.status is RunStatus.RUNNING:
-            return await self.advance(run_id, on_event=on_event)
+            return await self._continue(run_id, on_event)
         return info
 
     async def reject(self, run_id: str, *, by: str, reason: str, **options: Any) -> RunInfo:
@@ -144,7 +163,7 @@ class AsyncEngine:
         info = await asyncio.to_thread(
             lambda: self.engine.retry(run_id, by=by, reason=reason, advance=False, **options)
         )
-        return await self.advance(run_id, on_event=on_event) if advance else info
+        return await self._continue(run_id, on_event) if advance else info
 
     async def get(self, run_id: str) -> RunInfo:
         """See :meth:`Engine.get`."""

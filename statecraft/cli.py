@@ -88,7 +88,7 @@ def _json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(fn)
 
 
-def _open(db: str, *, create: bool = False) -> Engine:
+def _open(db: str, *, create: bool = False, keyring: str | None = None) -> Engine:
     path = sqlite_path(database_url(db))
     if not create and path and not Path(path).exists():
         _fail(f"no database at {db} (start a run first, or pass --db / STATECRAFT_DB)")
@@ -97,7 +97,7 @@ def _open(db: str, *, create: bool = False) -> Engine:
     synchronous = os.environ.get("STATECRAFT_SYNCHRONOUS", "FULL").upper()
     if synchronous not in ("FULL", "NORMAL"):
         _fail(f"STATECRAFT_SYNCHRONOUS must be FULL or NORMAL, not {synchronous!r}", 2)
-    return Engine(Database(db, create=create, synchronous=synchronous))  # type: ignore[arg-type]
+    return Engine(Database(db, create=create, synchronous=synchronous), keyring=keyring)  # type: ignore[arg-type]
 
 
 def _default_actor() -> str:
@@ -320,26 +320,57 @@ def list_runs(status_: str | None, machine: str | None, limit: int, db: str, as_
 @click.option("--by", required=True, help="The approver's stable id (e.g. an email).")
 @click.option("--comment", help="Why you approve; recorded in the audit event.")
 @click.option("--digest", help="The proposal digest you reviewed (from `statecraft status`); refused if it changed.")
+@click.option("--no-digest", "no_digest", is_flag=True,
+              help="Approve whatever is pending without naming its digest (recorded as digest_checked: false).")
+@click.option("--sign-key", "sign_key", metavar="FILE",
+              help="Sign the approval with your key (from `statecraft keys init`); needs --digest.")
+@click.option("--keyring", metavar="DIR", envvar="STATECRAFT_KEYRING",
+              help="Keyring the engine checks signed approvals against (env: STATECRAFT_KEYRING).")
 @click.option("--no-continue", "no_continue", is_flag=True, help="Record the approval only; a worker continues the run.")
 @click.option("--extend", "extend", multiple=True, metavar="BUDGET=LIMIT",
               help="Raise a budget (max_steps, max_visits, max_tokens, max_cost_micros; deadline in seconds). Repeatable.")
 @_db_options
 @_json_option
-def approve(run_id: str, by: str, comment: str | None, digest: str | None, no_continue: bool, extend: tuple[str, ...], db: str, as_json: bool) -> None:
+def approve(
+    run_id: str, by: str, comment: str | None, digest: str | None, no_digest: bool, sign_key: str | None,
+    keyring: str | None, no_continue: bool, extend: tuple[str, ...], db: str, as_json: bool,
+) -> None:
     """Approve the proposal RUN_ID waits on, then continue the run inline.
 
-    A gate with an approval policy (e.g. two of a finance group) records each
-    approval and keeps waiting until enough distinct, eligible people approved;
-    self-approval and approving twice are refused.
+    Name the proposal you reviewed with --digest (from `statecraft status`),
+    or say --no-digest to approve whatever is pending (recorded). A gate with
+    an approval policy (e.g. two of a finance group) records each approval
+    and keeps waiting until enough distinct, eligible people approved;
+    self-approval and approving twice are refused, whatever the spelling of
+    the id. --sign-key signs the approval (Ed25519) over the digest, the run
+    and your id; a gate that requires signatures refuses unsigned approvals.
 
     \b
     Example:
       statecraft approve 3f2c… --by alice@example.com --digest 9ab1… --comment "liability cap acceptable"
-      statecraft approve 3f2c… --by alice@example.com --extend max_cost_micros=5000000
+      statecraft approve 3f2c… --by alice@example.com --digest 9ab1… --sign-key ~/.statecraft/alice.key
+      statecraft approve 3f2c… --by alice@example.com --no-digest --extend max_cost_micros=5000000
     """
-    with _open(db) as engine:
+    if digest is None and not no_digest:
+        _fail("approve needs --digest DIGEST (the proposal you reviewed, from `statecraft status "
+              f"{run_id}`), or --no-digest to approve whatever is pending", 2)
+    if digest is not None and no_digest:
+        _fail("give --digest or --no-digest, not both", 2)
+    signature = None
+    if sign_key is not None:
+        if digest is None:
+            _fail("--sign-key signs the digest you reviewed: give --digest", 2)
+        from .identity import normalize_actor
+        from .signing import SigningKey
+
+        key = SigningKey.load(sign_key)
+        approver = normalize_actor(by, run_id=run_id)
+        if key.actor_id != approver:
+            _fail(f"the key in {sign_key} belongs to {key.actor_id}, not {approver}")
+        signature = key.sign_approval(run_id=run_id, proposal_digest=digest, approver_id=approver)
+    with _open(db, keyring=keyring) as engine:
         info = engine.approve(
-            run_id, by=by, comment=comment, digest=digest, advance=not no_continue,
+            run_id, by=by, comment=comment, digest=digest, signature=signature, advance=not no_continue,
             extend=_parse_extend(extend) or None, on_event=None if as_json else _progress,
         )
         _print_outcome(info, as_json)
@@ -500,9 +531,11 @@ def graph(machine_ref: str | None, lifecycle: bool) -> None:
 
 def _register_subgroups() -> None:
     from .cli_audit import audit
+    from .cli_keys import keys
     from .web.command import serve  # imports click only; FastAPI loads when `serve` runs
 
     main.add_command(audit)
+    main.add_command(keys)
     main.add_command(serve)
 
 

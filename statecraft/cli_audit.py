@@ -369,9 +369,11 @@ def _is_json_body(line: str) -> bool:
               help="An anchor file (from `audit anchor`); repeatable: the newest is checked, older ones must match too.")
 @click.option("--blob-refs/--no-blob-refs", default=True, show_default=True,
               help="Check that every blob an event references is stored (a deleted blob row); one lookup per reference.")
+@click.option("--keyring", metavar="DIR",
+              help="Also check every approval's signature against this keyring (statecraft keys).")
 @_db_options
 @_json_option
-def audit_verify(anchor_paths: tuple[str, ...], blob_refs: bool, db: str, as_json: bool) -> None:
+def audit_verify(anchor_paths: tuple[str, ...], blob_refs: bool, keyring: str | None, db: str, as_json: bool) -> None:
     """Verify the hash chain, blobs and run rows; with --anchor, also the tail and history.
 
     Exit 0 with "OK up to seq N" when intact; exit 1 with "FAILED at seq N:
@@ -382,14 +384,24 @@ def audit_verify(anchor_paths: tuple[str, ...], blob_refs: bool, db: str, as_jso
     database has already seen is refused. Lawfully redacted payloads are
     listed as "redacted (authorised by seq M)".
 
+    With --keyring DIR, every signed approval must verify and the keyring
+    must bind its key to the approver; a gate that required signatures must
+    have only signed approvals. The first bad approval is named by its seq.
+
     \b
     Example:
       statecraft audit verify
       statecraft audit verify --anchor /worm/ledger-2025-03.anchor
+      statecraft audit verify --keyring /srv/statecraft/keyring
     """
     anchors = _anchors(anchor_paths)
+    ring = None
+    if keyring is not None:
+        from .signing import Keyring
+
+        ring = Keyring.load(keyring)
     with _open(db) as engine:
-        report = verify_ledger(engine.db, anchors=anchors, check_blob_refs=blob_refs)
+        report = verify_ledger(engine.db, anchors=anchors, check_blob_refs=blob_refs, keyring=ring)
         remembered = True
         if report.ok and anchors:
             remembered = remember_anchor(engine.db, max(anchors, key=lambda a: a.seq))
@@ -399,6 +411,8 @@ def audit_verify(anchor_paths: tuple[str, ...], blob_refs: bool, db: str, as_jso
         click.echo(safe(_verify_line(report, anchors)))
         for seq, by in report.redactions:
             click.echo(f"seq {seq}: redacted (authorised by seq {by})")
+        if report.ok and report.signatures_checked is not None:
+            click.echo(safe(f"signatures: {report.signatures_checked} signed approvals verified against keyring {keyring}"))
     if not as_json:
         for warning in report.warnings:
             _err.print(cell(f"warning: {warning}"), highlight=False)

@@ -16,7 +16,14 @@ How a step executes (DESIGN.md):
 
 Operator actions (approve, reject, cancel, retry) are single transactions
 that read, check (``lifecycle.check_transition``) and write under the write
-lock; an illegal request raises ``IllegalTransition`` and writes nothing.
+lock. Everything that can refuse a request is checked before its transaction
+writes — the actor id, normalised once (statecraft/identity.py) and vouched
+for by the ``authenticate`` hook if any; the run's machine, definition and
+code (statecraft/sources.py), where the request continues the run; a gate's
+deadline, digest, policy and signature — so a request that raises has
+written nothing. A request that continues the run inline commits first:
+then a worker that took the run is not an error, and anything else that
+stops the advance is ``AdvanceInterrupted``, which says so.
 
 The step loop itself (leases, attempts, retries, timeouts, budgets, error
 edges) lives in statecraft/runner.py; every transition goes through
@@ -31,9 +38,9 @@ import os
 import random
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from sqlalchemy import Connection, text
@@ -41,14 +48,19 @@ from sqlalchemy import Connection, text
 from ._time import format_utc, utc_now
 from .audit.chain import canonical_json
 from .errors import (
+    AdvanceInterrupted,
+    ApprovalExpired,
     ApprovalMismatch,
     ApprovalRefused,
     LeaseHeld,
     MachineLoadError,
     MachineMismatch,
+    NotAuthenticated,
     RunError,
     RunNotFound,
+    SignatureRefused,
 )
+from .identity import Identity, normalize_actor, process_identity
 from .lifecycle import RunStatus, Trigger, check_transition
 from .loader import canonical_ref, load_machine
 from .machine import Machine
@@ -61,6 +73,9 @@ from .runner import StepRunner
 from .store.txn import Tx, read_tx, tx_of
 from .budget import extend as extend_budget
 from .transition import KEEP, RUN_COLUMNS, write_transition
+
+if TYPE_CHECKING:
+    from .signing import ApprovalSignature, Keyring
 
 __all__ = ["Engine", "StepReport", "proposal_digest"]
 
@@ -129,6 +144,18 @@ class Engine:
             host as expired (statecraft/leases.py states the assumption).
         crash_loop_limit: lease takeovers of one step without progress after
             which the run fails with ``crash_loop``.
+        authenticate: ``claimed_actor_id -> principal``, called once per
+            request that names an actor (``by=``), with the normalised id,
+            before anything is written. Return the id of the principal your
+            service authenticated for the current request (e.g. from the
+            request context); it is recorded beside the claimed id
+            (payload ``identity.principal``). Raise, or return ``None``, to
+            refuse the request (``NotAuthenticated``). ``None`` (default):
+            no hook; only the process's OS account and host are recorded.
+        keyring: folder (or :class:`~statecraft.signing.Keyring`) binding
+            approvers' public keys to their ids, against which signed
+            approvals are checked; ``None`` means ``$STATECRAFT_KEYRING`` if
+            set. Read when first needed.
 
     Raises:
         NotAStatecraftDatabase, StoreError: the database cannot be used.
@@ -147,13 +174,21 @@ class Engine:
         rng: random.Random | None = None,
         trust_local_pids: bool = True,
         crash_loop_limit: int = 10,
+        authenticate: Callable[[str], str | None] | None = None,
+        keyring: str | os.PathLike[str] | Keyring | None = None,
     ) -> None:
         self.db = db if isinstance(db, Database) else Database(db, synchronous=synchronous)
         self._clock = clock
         self._new_id = new_id
         self.owner = owner or _default_owner()
         self.lease = lease
+        self._authenticate = authenticate
+        self._keyring_source: str | os.PathLike[str] | Keyring | None = (
+            keyring if keyring is not None else os.environ.get("STATECRAFT_KEYRING") or None
+        )
         self._machines: dict[str, Machine[Any]] = {}
+        # Runs recorded before code digests existed name the definition digest.
+        self._by_definition: dict[str, Machine[Any]] = {}
         for m in machines:
             self.register(m)
         self._runner = StepRunner(
@@ -190,9 +225,47 @@ class Engine:
     def register(self, machine: Machine[Any]) -> None:
         """Make ``machine`` available to advance runs recorded with its digest."""
         self._machines[machine.digest] = machine
+        self._by_definition[machine.definition_digest] = machine
 
     def _now(self) -> str:
         return format_utc(self._clock())
+
+    # -- who is asking -------------------------------------------------------------
+
+    def _who(self, by: object, run_id: str | None) -> tuple[str, Identity]:
+        """The normalised actor id, and what is recorded beside it. Writes nothing.
+
+        Raises:
+            InvalidActorId: ``by`` cannot be normalised (statecraft/identity.py).
+            NotAuthenticated: the ``authenticate`` hook raised or vouched for no one.
+        """
+        actor = normalize_actor(by, run_id=run_id)
+        identity = process_identity()
+        if self._authenticate is None:
+            return actor, identity
+        try:
+            principal = self._authenticate(actor)
+        except Exception as exc:
+            raise NotAuthenticated(actor, f"{type(exc).__name__}: {exc}", run_id=run_id) from exc
+        if not principal:
+            raise NotAuthenticated(actor, "the authenticate hook vouched for no principal", run_id=run_id)
+        return actor, replace(identity, principal=normalize_actor(principal, run_id=run_id))
+
+    def keyring(self) -> Keyring | None:
+        """The keyring signed approvals are checked against (``keyring=`` or ``$STATECRAFT_KEYRING``). Read-only.
+
+        A folder is read again on every call: approvals are rare, and a key
+        added to (or removed from) the keyring counts at once, without a restart.
+
+        Raises:
+            KeyringError: the folder is missing or holds an entry that does not check.
+        """
+        source = self._keyring_source
+        if source is None:
+            return None
+        from .signing import Keyring
+
+        return source if isinstance(source, Keyring) else Keyring.load(source)
 
     # -- creating and starting runs ---------------------------------------------
 
@@ -208,12 +281,17 @@ class Engine:
     ) -> RunInfo:
         """Create an IDLE run (audited as ``run.created``). Commits one transaction.
 
+        The event's payload records the machine's ``definition_digest``,
+        ``code_digest`` and code files (statecraft/sources.py), so a later
+        ``MachineMismatch`` can say what changed, and the identity of the
+        process (and principal) that asked (statecraft/identity.py).
+
         Args:
             machine: the machine to run.
             input: the run's task: a mapping (validated as the initial state),
                 a string (text task; the machine's ``initial`` builds the state),
                 or a pydantic model of the machine's state.
-            by: actor id of who creates the run.
+            by: actor id of who creates the run (normalised; stored normalised).
             actor_type: ``human``, ``service``, ``agent`` or ``system``.
             ref: how to load the machine again (``path.py:attr``); recorded so
                 that another process (the CLI, a worker) can continue the run.
@@ -221,6 +299,7 @@ class Engine:
 
         Raises:
             pydantic.ValidationError: the input does not fit the state model.
+            InvalidActorId, NotAuthenticated: ``by`` is refused.
         """
         return self._create(machine, input, by, actor_type, ref, parent_run_id, start=False)
 
@@ -239,18 +318,22 @@ class Engine:
         """Create a run and start it (``run.created`` + ``run.started``, one transaction).
 
         With ``advance=True`` (default) the run is then advanced inline until
-        it is DONE, FAILED or WAITING_FOR_APPROVAL.
+        it is DONE, FAILED or WAITING_FOR_APPROVAL. If a worker picked the
+        committed run up first, the run is returned as it stands (in the
+        worker's hands), not ``LeaseHeld``.
 
         Returns:
             The run as it stands afterwards.
 
         Raises:
             pydantic.ValidationError: the input does not fit the state model.
+            InvalidActorId, NotAuthenticated: ``by`` is refused.
+            AdvanceInterrupted: the run was committed, then advancing it
+                inline stopped on an error not about the run (its ``run``
+                attribute is the committed run).
         """
         info = self._create(machine, input, by, actor_type, ref, parent_run_id, start=True)
-        if advance:
-            info = self.advance(info.run_id, on_event=on_event)
-        return info
+        return self._continue(info.run_id, on_event) if advance else info
 
     def _create(
         self,
@@ -263,13 +346,14 @@ class Engine:
         *,
         start: bool,
     ) -> RunInfo:
-        self.register(machine)
+        by, identity = self._who(by, None)
         if isinstance(input, BaseModel):
             state = machine.state_model.model_validate(input.model_dump())
             task: Any = input.model_dump(mode="json")
         else:
             task = dict(input) if isinstance(input, Mapping) else input
             state = machine.initial_state(task)
+        self.register(machine)
         run_id = self._new_id()
         now = self._now()
         task_body = blob_json(task)
@@ -310,11 +394,12 @@ class Engine:
                 actor_id=by,
                 now=now,
                 extra={"input_sha256": task_sha, "decision": "create"},
+                payload={"machine": _machine_json(machine), "identity": identity.describe()},
             )
             if start:
                 run = self._load_row(conn, run_id)
                 self._operator_transition(
-                    conn, run, Trigger.START, "run.started", by, actor_type, now
+                    conn, run, Trigger.START, "run.started", by, actor_type, now, identity=identity
                 )
             return self._info(conn, run_id)
 
@@ -329,14 +414,58 @@ class Engine:
     ) -> RunInfo:
         """Start an IDLE run (``run.started``), then advance it unless ``advance=False``.
 
+        The run's machine is obtained first: a run whose definition or code
+        changed since it was created is refused before anything is written.
+
         Raises:
             RunNotFound, IllegalTransition: unknown run, or not IDLE.
+            InvalidActorId, NotAuthenticated: ``by`` is refused.
+            MachineLoadError, MachineMismatch: the run's machine cannot be had.
+            AdvanceInterrupted: see :meth:`start`.
         """
+        by, identity = self._who(by, run_id)
+        self._machine_checked(run_id, Trigger.START)
         now = self._now()
         with self.db.write() as conn:
             run = self._load_row(conn, run_id)
-            self._operator_transition(conn, run, Trigger.START, "run.started", by, actor_type, now)
-        return self.advance(run_id, on_event=on_event) if advance else self.get(run_id)
+            self._operator_transition(
+                conn, run, Trigger.START, "run.started", by, actor_type, now, identity=identity
+            )
+        return self._continue(run_id, on_event) if advance else self.get(run_id)
+
+    def _machine_checked(self, run_id: str, trigger: Trigger) -> Machine[Any]:
+        """The run's machine, after the lifecycle check: refuses before anything is written.
+
+        Loading a machine file executes it, so this happens outside the
+        write transaction; the transaction checks the lifecycle again.
+
+        Raises:
+            RunNotFound, IllegalTransition: as the request itself would.
+            MachineLoadError, MachineMismatch: the machine cannot be had.
+        """
+        with self.db.read() as conn:
+            run = self._load_row(conn, run_id)
+        check_transition(run["status"], trigger, run_id=run_id)
+        return self._machine(run)
+
+    def _continue(self, run_id: str, on_event: Callable[[StepReport], None] | None) -> RunInfo:
+        """Advance a run whose request just committed; never raise as if nothing was written.
+
+        A worker that took the run first is not an error: the committed run
+        is in its hands and is returned as it stands. Anything else that
+        stops the inline advance is wrapped in ``AdvanceInterrupted``, the
+        one error that says something was written.
+        """
+        try:
+            return self.advance(run_id, on_event=on_event)
+        except LeaseHeld:
+            return self.get(run_id)
+        except Exception as exc:
+            try:
+                current: RunInfo | None = self.get(run_id)
+            except Exception:
+                current = None
+            raise AdvanceInterrupted(run_id, current, exc) from exc
 
     # -- operator actions ---------------------------------------------------------
 
@@ -348,14 +477,23 @@ class Engine:
         comment: str | None = None,
         digest: str | None = None,
         extend: Mapping[str, int | timedelta] | None = None,
+        signature: ApprovalSignature | None = None,
         advance: bool = True,
         on_event: Callable[[StepReport], None] | None = None,
     ) -> RunInfo:
         """Approve the proposal a run waits on (``approval.granted``), then continue it.
 
-        The event names the approver (actor ``human``), references the
-        ``approval.requested`` event (``caused_by_event_id``) and records the
-        digest approved (NIST SP 800-53 AU-10, non-repudiation).
+        The event names the approver (actor ``human``, the normalised id),
+        references the ``approval.requested`` event (``caused_by_event_id``)
+        and records the digest approved, whether the approver named it
+        (``digest_checked``), the signature if any, and the identity of the
+        process and principal that asked (NIST SP 800-53 AU-10,
+        non-repudiation).
+
+        Everything that can refuse the request is checked before anything is
+        written: the lifecycle, the gate's deadline, the digest, that the
+        run's machine (definition and code) is the one it started with, the
+        approval policy, the signature.
 
         A gate with an :class:`~statecraft.outcomes.ApprovalPolicy` needs
         ``policy.required`` distinct eligible approvers (four-eyes). Each
@@ -368,34 +506,49 @@ class Engine:
 
         Args:
             run_id: the waiting run.
-            by: the approver's stable id.
+            by: the approver's stable id (normalised: statecraft/identity.py).
             comment: recorded as the decision's reason.
             digest: if given, must equal the pending proposal's digest.
             extend: raised budget limits, ``{name: new limit}`` (``max_steps``,
                 ``max_visits``, ``max_tokens``, ``max_cost_micros``; ``deadline``
                 as a ``timedelta``); required for a gate that asks for a budget
                 extension, and recorded in the event's payload (``budget``).
+            signature: the approver's signature of this approval
+                (:meth:`statecraft.signing.SigningKey.sign_approval`); required
+                by ``ApprovalPolicy(require_signature=True)``.
             advance: continue the run inline once the quorum is reached.
 
         Returns:
             The run afterwards: WAITING_FOR_APPROVAL while approvals are
-            missing (``pending.approved_by`` lists those so far).
+            missing (``pending.approved_by`` lists those so far). If a worker
+            took the approved run first, the run as it stands.
 
         Raises:
             RunNotFound: no such run.
             IllegalTransition: the run is not WAITING_FOR_APPROVAL.
+            ApprovalExpired: the gate's deadline has passed (its on-timeout
+                action decides it; the worker records that).
             ApprovalMismatch: ``digest`` is not the pending proposal's.
+            MachineLoadError, MachineMismatch: the run's machine cannot be
+                had, or its definition or code changed since the run started.
             ApprovalRefused: the policy forbids ``by`` (self-approval, not in
-                the group, excluded, or already approved); nothing is written.
+                the group, excluded, or already approved).
+            SignatureRefused: the signature is missing where required, does
+                not verify, or the keyring does not bind its key to ``by``.
+            InvalidActorId, NotAuthenticated: ``by`` is refused.
+            KeyringError: the keyring cannot be read.
             RunError: a budget gate approved without raising its budget, or a
                 raised limit that is unknown or not above what is used.
+            AdvanceInterrupted: the approval was committed, then advancing
+                the run inline stopped on an error not about the run.
         """
-        _require_actor(by, run_id)
-        self._runner.expire_due(run_id)  # past its deadline, the gate is decided already
+        by, identity = self._who(by, run_id)
         now = self._now()
+        self._machine_checked(run_id, Trigger.APPROVE)
         with self.db.write() as conn:
             run = self._load_row(conn, run_id)
             check_transition(run["status"], Trigger.APPROVE, run_id=run_id)
+            _check_deadline(run, now, Trigger.APPROVE)
             pending = str(run["pending_proposal_digest"])
             if digest is not None and digest != pending:
                 raise ApprovalMismatch(run_id, digest, pending)
@@ -409,9 +562,18 @@ class Engine:
                 )
                 if why is not None:
                     raise ApprovalRefused(run_id, by, why)
+            required = gate.policy is not None and gate.policy.require_signature
+            self._check_signature(run_id, by, pending, signature, required=required)
             approved_by = [*gate.approved_by, by]
             reached = len(approved_by) >= gate.required
-            payload: dict[str, Any] = {"proposal_digest": pending, "comment": comment}
+            payload: dict[str, Any] = {
+                "proposal_digest": pending,
+                "digest_checked": digest is not None,
+                "comment": comment,
+                "identity": identity.describe(),
+            }
+            if signature is not None:
+                payload["signature"] = signature.describe()
             if gate.policy is not None:
                 payload.update(
                     approvals=len(approved_by),
@@ -446,7 +608,40 @@ class Engine:
             )
             if not reached:
                 return self._info(conn, run_id)
-        return self.advance(run_id, on_event=on_event) if advance else self.get(run_id)
+        return self._continue(run_id, on_event) if advance else self.get(run_id)
+
+    def _check_signature(
+        self, run_id: str, by: str, digest: str, signature: ApprovalSignature | None, *, required: bool
+    ) -> None:
+        """Refuse a signature that does not check, or its absence where the gate requires one.
+
+        Raises:
+            SignatureRefused: as :meth:`approve` says.
+            KeyringError: the keyring cannot be read.
+        """
+        if signature is None:
+            if required:
+                raise SignatureRefused(
+                    run_id, by, "this gate requires a signed approval (approve --sign-key FILE)"
+                )
+            return
+        from .signing import signature_problem
+
+        problem = signature_problem(signature, run_id=run_id, proposal_digest=digest, approver_id=by)
+        if problem is not None:
+            raise SignatureRefused(run_id, by, problem)
+        keyring = self.keyring()
+        if keyring is None:
+            if required:
+                raise SignatureRefused(
+                    run_id, by,
+                    "this gate requires a signature checked against a keyring, and this engine has "
+                    "none (Engine(keyring=DIR), --keyring DIR or STATECRAFT_KEYRING)",
+                )
+            return
+        problem = keyring.binding_problem(signature, approver_id=by)
+        if problem is not None:
+            raise SignatureRefused(run_id, by, problem)
 
     def reject(self, run_id: str, *, by: str, reason: str) -> RunInfo:
         """Reject the pending proposal (``approval.denied``); the run goes FAILED.
@@ -457,16 +652,18 @@ class Engine:
 
         Raises:
             RunNotFound, IllegalTransition: unknown run, or not waiting.
+            ApprovalExpired: the gate's deadline has passed.
             RunError: empty ``reason`` (every decision records one).
             ApprovalRefused: ``by`` is not in the gate's approver group.
+            InvalidActorId, NotAuthenticated: ``by`` is refused.
         """
-        _require_actor(by, run_id)
+        by, identity = self._who(by, run_id)
         _require_reason(reason)
-        self._runner.expire_due(run_id)  # past its deadline, the gate is decided already
         now = self._now()
         with self.db.write() as conn:
             run = self._load_row(conn, run_id)
             check_transition(run["status"], Trigger.REJECT, run_id=run_id)
+            _check_deadline(run, now, Trigger.REJECT)
             gate = self._gate(conn, run)
             group = None if gate.policy is None else gate.policy.group
             if group is not None and by not in group:
@@ -475,7 +672,7 @@ class Engine:
                 conn, run, by, now, event_type="approval.denied", decision="reject",
                 outcome="failure", error_code="rejected", reason=reason,
                 caused_by_event_id=run["pending_request_event_id"],
-                payload={"proposal_digest": run["pending_proposal_digest"]},
+                payload={"proposal_digest": run["pending_proposal_digest"], "identity": identity.describe()},
             )
             return self._info(conn, run_id)
 
@@ -573,8 +770,9 @@ class Engine:
         Raises:
             RunNotFound, IllegalTransition: unknown run, or FAILED/DONE already.
             RunError: empty ``reason``.
+            InvalidActorId, NotAuthenticated: ``by`` is refused.
         """
-        _require_actor(by, run_id)
+        by, identity = self._who(by, run_id)
         _require_reason(reason)
         now = self._now()
         with self.db.write() as conn:
@@ -583,6 +781,7 @@ class Engine:
             self._failed_by(
                 conn, run, by, now, event_type="run.cancelled", decision="cancel",
                 outcome="cancelled", error_code="cancelled", reason=reason, release_lease=True,
+                payload={"identity": identity.describe()},
             )
             return self._info(conn, run_id)
 
@@ -598,19 +797,26 @@ class Engine:
         """Resume a FAILED run from its last checkpoint (``run.retried``), re-running the failed step.
 
         A run rejected at a gate re-runs the step that asked for approval, so
-        it asks again: a retry never bypasses a gate.
+        it asks again: a retry never bypasses a gate, and the new request has
+        a new proposal digest (an approval of the old one cannot pass it).
+        The run's machine is obtained first: a run whose definition or code
+        changed is refused before anything is written.
 
         Raises:
             RunNotFound, IllegalTransition: unknown run, or not FAILED.
+            MachineLoadError, MachineMismatch: the run's machine cannot be had.
+            InvalidActorId, NotAuthenticated: ``by`` is refused.
+            AdvanceInterrupted: see :meth:`start`.
         """
-        _require_actor(by, run_id)
+        by, identity = self._who(by, run_id)
+        self._machine_checked(run_id, Trigger.RETRY)
         now = self._now()
         with self.db.write() as conn:
             run = self._load_row(conn, run_id)
             self._operator_transition(
-                conn, run, Trigger.RETRY, "run.retried", by, "human", now, reason=reason
+                conn, run, Trigger.RETRY, "run.retried", by, "human", now, reason=reason, identity=identity
             )
-        return self.advance(run_id, on_event=on_event) if advance else self.get(run_id)
+        return self._continue(run_id, on_event) if advance else self.get(run_id)
 
     # -- reading ------------------------------------------------------------------
 
@@ -684,7 +890,8 @@ class Engine:
 
     def _machine(self, run: Mapping[str, Any]) -> Machine[Any]:
         digest = run["machine_digest"]
-        machine = self._machines.get(digest)
+        # A run recorded before code digests existed names its definition digest.
+        machine = self._machines.get(digest) or self._by_definition.get(digest)
         if machine is not None:
             return machine
         ref = run["machine_ref"]
@@ -694,10 +901,37 @@ class Engine:
                 "not registered with this engine and no reference was recorded at start",
             )
         loaded = load_machine(ref)
-        if loaded.digest != digest:
-            raise MachineMismatch(run["run_id"], digest, loaded.digest)
+        if digest not in (loaded.digest, loaded.definition_digest):
+            raise self._mismatch(run, loaded)
         self.register(loaded)
         return loaded
+
+    def _mismatch(self, run: Mapping[str, Any], loaded: Machine[Any]) -> MachineMismatch:
+        """``MachineMismatch`` saying what changed, from the machine recorded at ``run.created``. Read-only."""
+        with self.db.read() as conn:
+            body = conn.execute(
+                text("SELECT payload_json FROM audit_event WHERE run_id = :run_id AND run_seq = 1"),
+                {"run_id": run["run_id"]},
+            ).scalar()
+        try:
+            recorded = json.loads(body)["machine"] if body else None
+        except (ValueError, KeyError, TypeError):
+            recorded = None
+        if not isinstance(recorded, dict):  # an older run, or a redacted payload
+            return MachineMismatch(run["run_id"], run["machine_digest"], loaded.digest)
+        changed = [
+            part for part, now in (("definition", loaded.definition_digest), ("code", loaded.code_digest))
+            if recorded.get(f"{part}_digest") != now
+        ]
+        before = {
+            str(f.get("path")): f.get("sha256") for f in recorded.get("code_files") or () if isinstance(f, dict)
+        }
+        after = {f.path: f.sha256 for f in loaded.code_files}
+        files = tuple(sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p)))
+        return MachineMismatch(
+            run["run_id"], run["machine_digest"], loaded.digest,
+            changed=" and ".join(changed) or None, files=files if "code" in changed else (),
+        )
 
     def advance(
         self,
@@ -798,13 +1032,14 @@ class Engine:
         now: str,
         *,
         reason: str | None = None,
+        identity: Identity,
     ) -> None:
         to_status = check_transition(run["status"], trigger, run_id=run["run_id"])
         self._transition(
             conn, run, event_type=event_type, to_status=to_status, to_step=run["step"],
             actor_type=actor_type, actor_id=by, now=now,
             extra={"decision": str(trigger), "outcome": "success", "reason": reason},
-            clear_error=True,
+            payload={"identity": identity.describe()}, clear_error=True,
         )
 
     def _transition(self, conn: Connection | Tx, run: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -885,13 +1120,17 @@ class Engine:
 
 
 def proposal_digest(
-    run_id: str, state_sha256: str, step: str, resume_at: str, reason: str | None
+    run_id: str, state_sha256: str, step: str, resume_at: str, reason: str | None, *, after_seq: int
 ) -> str:
-    """SHA-256 binding an approval to exactly what was proposed.
+    """SHA-256 binding an approval to exactly what was proposed, in exactly this request.
 
     Covers the run, the state at the gate, the step that asked, where the run
-    resumes and the stated reason; any change gives a new digest, so
-    ``approve --digest`` refuses a proposal the approver did not see.
+    resumes, the stated reason and ``after_seq``, the run's position
+    (``run_seq``) when the step that asked was judged. Any change gives a
+    new digest, so ``approve --digest`` refuses a proposal the approver did
+    not see, and the same proposal asked again (after reject and retry) has
+    a new digest: an approval, or a signature, of the old request cannot
+    pass the new one. Pure.
     """
     body = canonical_json(
         {
@@ -900,9 +1139,10 @@ def proposal_digest(
             "step": step,
             "resume_at": resume_at,
             "reason": reason,
+            "after_seq": after_seq,
         }
     )
-    return sha256_hex(b"statecraft.proposal.v1\x00" + body)
+    return sha256_hex(b"statecraft.proposal.v2\x00" + body)
 
 
 def _outcome_json(outcome: Goto | Finish | RequestApproval | Fail) -> dict[str, Any]:
@@ -939,9 +1179,20 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def _require_actor(by: str, run_id: str) -> None:
-    if not isinstance(by, str) or not by.strip():
-        raise RunError(f"run {run_id}: a decision needs a named actor (--by ID)", run_id=run_id)
+def _check_deadline(run: Mapping[str, Any], now: str, trigger: Trigger) -> None:
+    """Refuse a decision on a gate past its deadline (nothing written; the worker expires it)."""
+    deadline = run["pending_deadline_at"]
+    if deadline and deadline <= now:
+        raise ApprovalExpired(run["run_id"], deadline, str(trigger))
+
+
+def _machine_json(machine: Machine[Any]) -> dict[str, Any]:
+    """The ``run.created`` payload's ``machine``: both digest parts and the code files."""
+    return {
+        "definition_digest": machine.definition_digest,
+        "code_digest": machine.code_digest,
+        "code_files": [{"path": f.path, "sha256": f.sha256} for f in machine.code_files],
+    }
 
 
 def _require_reason(reason: str) -> None:

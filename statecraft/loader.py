@@ -2,6 +2,16 @@
 
 Without ``:attr`` the module's ``machine`` attribute is used, or its only
 ``Machine`` instance. Every failure becomes one ``MachineLoadError`` line.
+
+Loading by path is serialised by one process-wide re-entrant lock. A
+worker advances several runs on threads, and each may load a machine file
+cold; without the lock, one thread could find a sibling module that
+another thread had registered but not yet finished executing (pydantic
+needs the module in ``sys.modules`` while its classes are built), and fail
+with ``… has no attribute 'Clause'`` (issue #8). Under the lock a sibling
+module is handed out only once fully executed; a failed execution leaves
+nothing registered. Machine files execute the exact bytes whose SHA-256
+:mod:`statecraft.sources` records for the machine's code digest.
 """
 
 from __future__ import annotations
@@ -10,13 +20,18 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 
+from . import sources
 from .errors import MachineLoadError, StatecraftError
 from .machine import Machine
 
 __all__ = ["canonical_ref", "load_machine", "load_sibling"]
+
+_lock = threading.RLock()  # re-entrant: a machine file loads its siblings while executing
+_siblings: dict[str, ModuleType] = {}  # fully executed sibling modules, by their key
 
 
 def _split(ref: str) -> tuple[str, str | None]:
@@ -52,7 +67,8 @@ def load_machine(ref: str) -> Machine:  # type: ignore[type-arg]
                 raise MachineLoadError(ref, f"no such file {path}")
             # A fresh import each time: a machine file may have changed on disk.
             name = "statecraft_machine_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
-            module = _exec_path(path, name)
+            with _lock:
+                module = _exec_path(path, name)
         else:
             module = importlib.import_module(target)
     except MachineLoadError:
@@ -91,31 +107,50 @@ def load_sibling(anchor: str, name: str) -> ModuleType:
 
     Machine files are loaded by path, not as a package, so a relative import
     cannot reach a helper module beside them; this loads it by path, once per
-    path (cached in ``sys.modules`` under a name derived from the path, so two
-    machines sharing a helper share one module and its classes).
+    path (cached under a name derived from the path, so two machines sharing
+    a helper share one module and its classes). Thread-safe: the module is
+    executed under the loader's lock and handed out only once fully
+    executed. The sibling's source is part of the loading machine's code
+    digest (statecraft/sources.py).
 
     Raises:
         ImportError: no such file, or it cannot be loaded.
     """
-    path = Path(anchor).resolve().with_name(f"{name}.py")
+    anchor_path = Path(anchor).resolve()
+    path = anchor_path.with_name(f"{name}.py")
     key = f"statecraft_machine_helper_{name}_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
-    if key not in sys.modules:
-        if not path.is_file():
-            raise ImportError(f"cannot load {path}: no such file")
-        _exec_path(path, key)
-    return sys.modules[key]
+    with _lock:
+        module = _siblings.get(key)
+        if module is None and key in sys.modules:
+            # Being executed further up this thread's stack (siblings that
+            # load each other): like Python's import, hand out the partial module.
+            module = sys.modules[key]
+        if module is None:
+            if not path.is_file():
+                raise ImportError(f"cannot load {path}: no such file")
+            module = _exec_path(path, key)
+            _siblings[key] = module
+        sources.record_sibling(anchor_path, path)
+    return module
 
 
 def _exec_path(path: Path, name: str) -> ModuleType:
-    """Execute the Python file ``path`` as module ``name`` (registered in ``sys.modules``)."""
+    """Execute the Python file ``path`` as module ``name`` (registered in ``sys.modules``).
+
+    The caller holds the loader's lock. The bytes executed are the bytes
+    hashed for the code digest, so an edit racing the load cannot slip in.
+    """
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"{path} is not a Python file")
+    source = path.read_bytes()
+    code = compile(source, str(path), "exec", dont_inherit=True)
     module = importlib.util.module_from_spec(spec)
+    sources.record_executed(path, hashlib.sha256(source).hexdigest())
     # Registered before exec: pydantic and dataclasses look the module up by name.
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(code, module.__dict__)
     except BaseException:
         sys.modules.pop(name, None)
         raise

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -46,11 +47,14 @@ from .agents.base import Agent
 from .errors import MachineDefinitionError
 from .outcomes import Fail, Finish, Goto, Outcome, RequestApproval
 from .policy import Budget, RetryPolicy, ms
+from .sources import SourceFile, code_digest, code_files
 
 if TYPE_CHECKING:
     from .patterns.escalation import EscalationRule
 
-__all__ = ["AppliedOutcome", "IllegalOutcome", "Machine", "ReadOnlyStateError", "Step"]
+__all__ = [
+    "AppliedOutcome", "IllegalOutcome", "Machine", "ReadOnlyStateError", "Step", "machine_digest",
+]
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -246,6 +250,14 @@ class Machine(Generic[S]):
             ``max_steps`` (which ``budget.on_exceeded`` also governs).
         description: one paragraph for docs.
 
+    Attributes:
+        definition_digest: SHA-256 of the canonical description
+            (:meth:`describe`: graph, schema, agent identities, policies).
+        code_digest: SHA-256 over the contents of the machine's source
+            files (``code_files``; statecraft/sources.py says which).
+        digest: :func:`machine_digest` of both: what a run records
+            (``machine_digest``) and must find again to continue.
+
     Raises:
         MachineDefinitionError: listing every problem found (all at once).
     """
@@ -281,7 +293,16 @@ class Machine(Generic[S]):
         self._views: dict[str, tuple[type[BaseModel], set[str] | None]] = {
             s.name: self._view_model(s) for s in steps
         }
-        self.digest = hashlib.sha256(rfc8785.dumps(self.describe())).hexdigest()
+        # Identity = declarations + code (statecraft/sources.py): a run
+        # continues only on the machine it started with, agents' code included.
+        self.definition_digest = hashlib.sha256(rfc8785.dumps(self.describe())).hexdigest()
+        module_file, module_globals = _builder_module()
+        self.code_files: tuple[SourceFile, ...] = code_files(
+            module_file, module_globals,
+            [self.state_model, self.initial, *(s.agent for s in steps), *(s.escalate for s in steps)],
+        )
+        self.code_digest = code_digest(self.code_files)
+        self.digest = machine_digest(self.definition_digest, self.code_digest)
 
     # -- definition ---------------------------------------------------------
 
@@ -613,6 +634,28 @@ class Machine(Generic[S]):
 
     def __repr__(self) -> str:
         return f"<Machine {self.name} v{self.version} steps={list(self.steps)}>"
+
+
+def machine_digest(definition_digest: str, code_digest: str) -> str:
+    """The machine's identity: SHA-256 over its definition digest and its code digest. Pure.
+
+    ``SHA-256(b"statecraft.machine.v2\\x00" + JCS({"code": …, "definition": …}))``
+    (docs/audit.md, "The machine digest").
+    """
+    body = rfc8785.dumps({"definition": definition_digest, "code": code_digest})
+    return hashlib.sha256(b"statecraft.machine.v2\x00" + body).hexdigest()
+
+
+def _builder_module() -> tuple[str | None, dict[str, Any] | None]:
+    """The file and globals of the first caller of ``Machine(...)`` outside statecraft."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = str(frame.f_globals.get("__name__", ""))
+        if name != "statecraft" and not name.startswith("statecraft."):
+            file = frame.f_globals.get("__file__")
+            return (file if isinstance(file, str) else None), frame.f_globals
+        frame = frame.f_back  # type: ignore[assignment]
+    return None, None
 
 
 def _reliability_problems(step: Step) -> list[str]:

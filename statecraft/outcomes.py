@@ -24,6 +24,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from .errors import InvalidActorId
+from .identity import normalize_actor, policy_key
+
 __all__ = ["ApprovalPolicy", "Fail", "Finish", "Goto", "Outcome", "RequestApproval"]
 
 
@@ -41,22 +44,35 @@ class ApprovalPolicy:
     payment controls): by default nobody approves their own request, i.e.
     neither the actor who started the run nor the one who requested the gate.
 
+    Ids are compared after :func:`statecraft.identity.normalize_actor`, and
+    the refusing rules (self-approval, excluded, approving twice) compare
+    :func:`statecraft.identity.policy_key`, which also folds ``+tag`` and
+    look-alike letters: ``Clerk+2@example.com`` cannot approve what
+    ``clerk@example.com`` started. Group membership compares normalised ids
+    exactly (a look-alike of a member is not a member).
+
     Attributes:
         required: distinct approvals needed, >= 1.
         group: actor ids allowed to approve (and to reject); ``None`` means
-            any named actor. Must hold at least ``required`` ids.
+            any named actor. Must hold at least ``required`` distinct ids.
         allow_self_approval: let the run's starter / the gate's requester approve.
         excluded: further actor ids that may not approve (e.g. an invoice's
             submitter named in the state).
+        require_signature: every approval must carry an Ed25519 signature
+            (``approve --sign-key``) by a key the engine's keyring binds to
+            the approver (statecraft/signing.py); the engine refuses, writing
+            nothing, an unsigned approval or one it cannot check.
 
     Raises:
-        ValueError: ``required`` < 1, or ``group`` smaller than ``required``.
+        ValueError: ``required`` < 1, ``group`` smaller than ``required``,
+            or an id in ``group``/``excluded`` that is not a valid actor id.
     """
 
     required: int = 1
     group: frozenset[str] | None = None
     allow_self_approval: bool = False
     excluded: frozenset[str] = frozenset()
+    require_signature: bool = False
 
     def __init__(
         self,
@@ -64,10 +80,11 @@ class ApprovalPolicy:
         group: Iterable[str] | None = None,
         allow_self_approval: bool = False,
         excluded: Iterable[str] = (),
+        require_signature: bool = False,
     ) -> None:
         if not isinstance(required, int) or isinstance(required, bool) or required < 1:
             raise ValueError(f"ApprovalPolicy.required must be an integer >= 1, got {required!r}")
-        frozen_group = None if group is None else frozenset(group)
+        frozen_group = None if group is None else _normalized(group, "group")
         if frozen_group is not None and len(frozen_group) < required:
             raise ValueError(
                 f"ApprovalPolicy needs {required} approvers but its group has only "
@@ -76,16 +93,20 @@ class ApprovalPolicy:
         object.__setattr__(self, "required", required)
         object.__setattr__(self, "group", frozen_group)
         object.__setattr__(self, "allow_self_approval", bool(allow_self_approval))
-        object.__setattr__(self, "excluded", frozenset(excluded))
+        object.__setattr__(self, "excluded", _normalized(excluded, "excluded"))
+        object.__setattr__(self, "require_signature", bool(require_signature))
 
     def describe(self) -> dict[str, Any]:
         """JSON form (sorted lists, no floats), as recorded in the gate's audited output."""
-        return {
+        described: dict[str, Any] = {
             "required": self.required,
             "group": None if self.group is None else sorted(self.group),
             "allow_self_approval": self.allow_self_approval,
             "excluded": sorted(self.excluded),
         }
+        if self.require_signature:  # only when set: older records keep their shape
+            described["require_signature"] = True
+        return described
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ApprovalPolicy:
@@ -95,6 +116,7 @@ class ApprovalPolicy:
             group=data.get("group"),
             allow_self_approval=bool(data.get("allow_self_approval", False)),
             excluded=data.get("excluded") or (),
+            require_signature=bool(data.get("require_signature", False)),
         )
 
     def refusal(
@@ -108,27 +130,49 @@ class ApprovalPolicy:
         """Why ``by`` may not add an approval now, or ``None`` if they may. Pure.
 
         Args:
-            by: the would-be approver's actor id.
+            by: the would-be approver's actor id (normalised here again).
             approved_by: actor ids that already approved this gate, in order.
             started_by: the actor that started the run.
             requested_by: the actor that requested the gate.
 
         Returns:
             A one-line reason, or ``None``.
+
+        Raises:
+            InvalidActorId: ``by`` is not a valid actor id.
         """
-        if by in approved_by:
-            return f"{by} has already approved this gate; {self.required} distinct approvers are needed"
+        by = normalize_actor(by)
+        key = policy_key(by)
+        same = [a for a in approved_by if policy_key(a) == key]
+        if same:
+            return (
+                f"{by} has already approved this gate{_as(same[0], by)}; "
+                f"{self.required} distinct approvers are needed"
+            )
         if self.group is not None and by not in self.group:
             return f"{by} is not in the approver group {sorted(self.group)}"
-        if by in self.excluded:
+        if any(policy_key(e) == key for e in self.excluded):
             return f"{by} is excluded from approving this gate"
         if not self.allow_self_approval:
-            if by == started_by:
-                return f"{by} started this run and may not approve it (no self-approval)"
-            if by == requested_by:
-                return f"{by} requested this gate and may not approve it (no self-approval)"
+            if started_by is not None and policy_key(started_by) == key:
+                return f"{by} started this run{_as(started_by, by)} and may not approve it (no self-approval)"
+            if requested_by is not None and policy_key(requested_by) == key:
+                return f"{by} requested this gate{_as(requested_by, by)} and may not approve it (no self-approval)"
         return None
 
+
+def _as(recorded: str, by: str) -> str:
+    """`` (as X)`` when the recorded spelling differs from ``by``: says why they are one person."""
+    return "" if recorded == by else f" (as {recorded})"
+
+
+def _normalized(ids: Iterable[str], what: str) -> frozenset[str]:
+    if isinstance(ids, str):
+        raise ValueError(f"ApprovalPolicy.{what} is a collection of actor ids, not one string {ids!r}")
+    try:
+        return frozenset(normalize_actor(i) for i in ids)
+    except InvalidActorId as exc:
+        raise ValueError(f"ApprovalPolicy.{what}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -664,7 +664,9 @@ class StepRunner:
         return run
 
     def _gate(self, live: _Live, step: Step, state_sha: str, resume_at: str, reason: str, *, kind: str | None) -> dict[str, Any]:
-        digest = self._engine_module.proposal_digest(live.row["run_id"], state_sha, step.name, resume_at, reason)
+        digest = self._engine_module.proposal_digest(
+            live.row["run_id"], state_sha, step.name, resume_at, reason, after_seq=live.row["run_seq"]
+        )
         deadline_at = None
         if step.approval_deadline is not None:
             deadline_at = format_utc(self.engine._clock() + step.approval_deadline)

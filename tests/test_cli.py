@@ -89,7 +89,7 @@ def test_errors_are_one_line_with_a_nonzero_exit_and_change_nothing(cli: Cli, tm
     run = _start(cli, tmp_path, "x")
     before = cli("audit", "log", "--json").stdout
     assert "no run with id 'nope'" in _one_line_error(cli("status", "nope"))
-    assert "cannot approve a run that is DONE" in _one_line_error(cli("approve", run["run_id"], "--by", "a"))
+    assert "cannot approve a run that is DONE" in _one_line_error(cli("approve", run["run_id"], "--by", "a", "--no-digest"))
     assert "input file" in _one_line_error(cli("start", TOY, "--input", str(tmp_path / "missing.txt")), 2)
     bad = tmp_path / "bad_machine.py"
     bad.write_text("this is not python(")

@@ -183,9 +183,14 @@ def test_a_changed_machine_definition_is_refused_for_an_existing_run(db_path: Pa
         run = first.start(load_machine(str(copy)), "one two three four five", ref=str(copy))
     copy.write_text(source.replace('"toy",\n    "1"', '"toy",\n    "2"'))
     with Engine(db_path) as second:
-        with pytest.raises(MachineMismatch):
+        before = second.events()
+        with pytest.raises(MachineMismatch, match="the definition and code changed") as info:
             second.approve(run.run_id, by="alice")
-        assert second.get(run.run_id).status is RunStatus.RUNNING  # approved, not advanced
+        # The version bump is in the declarations and in the file's text.
+        assert (info.value.changed, info.value.files) == ("definition and code", (str(copy.resolve()),))
+        # Refused before anything was written (issue #8: it used to approve, then fail).
+        assert second.events() == before
+        assert second.get(run.run_id).status is RunStatus.WAITING_FOR_APPROVAL
 
 
 def test_the_task_is_stored_once_however_many_steps_read_it(engine: Engine) -> None:

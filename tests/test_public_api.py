@@ -9,11 +9,14 @@ import statecraft
 
 EXPECTED = [
     "LEGAL_EDGES",
+    "AdvanceInterrupted",
     "Agent",
     "AgentError",
+    "ApprovalExpired",
     "ApprovalMismatch",
     "ApprovalPolicy",
     "ApprovalRefused",
+    "ApprovalSignature",
     "AsyncClaudeAgent",
     "AsyncEngine",
     "AuditEvent",
@@ -25,7 +28,11 @@ EXPECTED = [
     "Fail",
     "Finish",
     "Goto",
+    "IdentityError",
     "IllegalTransition",
+    "InvalidActorId",
+    "Keyring",
+    "KeyringError",
     "LLMAuthError",
     "LLMBadRequest",
     "LLMError",
@@ -45,6 +52,7 @@ EXPECTED = [
     "MachineMismatch",
     "ModelPrice",
     "NotAStatecraftDatabase",
+    "NotAuthenticated",
     "Outcome",
     "PendingApproval",
     "RecordedCall",
@@ -54,6 +62,8 @@ EXPECTED = [
     "RunInfo",
     "RunNotFound",
     "RunStatus",
+    "SignatureRefused",
+    "SigningKey",
     "StatecraftError",
     "Step",
     "StepContext",
@@ -63,6 +73,7 @@ EXPECTED = [
     "Usage",
     "Worker",
     "load_machine",
+    "normalize_actor",
 ]
 
 
@@ -88,5 +99,16 @@ def test_importing_statecraft_does_not_import_the_anthropic_sdk() -> None:
     import sys
 
     code = "import sys, statecraft; print('anthropic' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_importing_statecraft_does_not_import_cryptography() -> None:
+    # Signed approvals are optional per gate; `import statecraft` (and every
+    # CLI command) must not pay for loading the cryptography package.
+    import subprocess
+    import sys
+
+    code = "import sys, statecraft, statecraft.cli; print('cryptography' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -45,6 +45,7 @@ from sqlalchemy import Connection
 
 from .._time import format_utc, utc_now
 from ..errors import LedgerError
+from ..identity import normalize_actor, process_identity
 from ..store import audit_reads as reads
 from ..store.db import Database
 from ..store.ledger import clear_blob_body
@@ -116,6 +117,8 @@ def redact_event(
             ``ledger.genesis`` event; an unknown part; nothing left to
             remove; a blob is still needed by an unfinished run; empty
             ``by`` or ``reason``.
+        InvalidActorId: ``by`` cannot be normalised (statecraft/identity.py);
+            the event records the normalised id and this process's identity.
     """
     wanted = tuple(dict.fromkeys(parts))
     unknown = [p for p in wanted if p not in PARTS]
@@ -123,6 +126,7 @@ def redact_event(
         raise LedgerError(f"unknown part(s) {unknown or '(none)'}: choose from {', '.join(PARTS)}")
     if not isinstance(by, str) or not by.strip():
         raise LedgerError("a redaction needs the id of who authorises it (--by)")
+    by = normalize_actor(by)  # the one normaliser of every human-facing request (identity.py)
     if not isinstance(reason, str) or not reason.strip():
         raise LedgerError("a redaction needs a reason (--reason), e.g. the erasure request's reference")
     now = occurred_at or format_utc(utc_now())
@@ -150,7 +154,7 @@ def redact_event(
             fields={
                 "event_type": "payload.redacted",
                 "actor_type": "human",
-                "actor_id": by.strip(),
+                "actor_id": by,
                 "occurred_at": now,
                 "decision": "redact",
                 "outcome": "success",
@@ -162,6 +166,7 @@ def redact_event(
                 "redacted_run_id": target["run_id"],
                 "payload_removed": clear_payload,
                 "blobs_removed": blobs,
+                "identity": process_identity().describe(),
             },
         )
         if clear_payload:

@@ -83,6 +83,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from ..errors import LedgerError
+from ..signing import Keyring
 from ..store import audit_reads as reads
 from ..store.db import Database
 from .anchor import Anchor, newest_anchor_seen
@@ -95,6 +96,7 @@ from .chain import (
     canonical_json,
     entry_hash_of_sorted,
 )
+from .signatures import check_signatures
 
 __all__ = ["FOLDED_COLUMNS", "RunFold", "VerifyReport", "fold_runs", "verify_ledger"]
 
@@ -150,6 +152,8 @@ class VerifyReport(BaseModel):
             being evidence of tampering (e.g. a guard trigger is missing:
             whoever can write the file dropped it; the chain says whether
             rows were changed).
+        signatures_checked: with a keyring, the signed approvals verified
+            against it (statecraft/audit/signatures.py); else ``None``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -165,6 +169,7 @@ class VerifyReport(BaseModel):
     anchored_seq: int | None = None
     anchor_time: str | None = None
     warnings: tuple[str, ...] = ()
+    signatures_checked: int | None = None
 
 
 class RunFold(NamedTuple):
@@ -765,6 +770,7 @@ def verify_ledger(
     check_blobs: bool = True,
     check_blob_refs: bool = True,
     anchors: Sequence[Anchor] = (),
+    keyring: Keyring | None = None,
 ) -> VerifyReport:
     """Verify the audit ledger of ``db``: the hash chain, its rules, blobs, runs and anchors.
 
@@ -806,6 +812,9 @@ def verify_ledger(
             reference; ``audit verify --no-blob-refs`` skips it).
         anchors: anchors read from outside the database (see
             :mod:`statecraft.audit.anchor`), any order.
+        keyring: also check every approval's signature against it
+            (statecraft/audit/signatures.py); ``signatures_checked`` then
+            counts the signed approvals verified.
 
     Returns:
         A :class:`VerifyReport`; ``ok`` is False, with ``first_bad_seq`` and
@@ -850,6 +859,9 @@ def verify_ledger(
                 failure = _earliest(failure, anchor_failure)
             else:
                 failure = _earliest(failure, _check_remembered(conn, ledger_id))
+            signatures = None if keyring is None else check_signatures(conn, keyring)
+            if signatures is not None and signatures.first_bad_seq is not None:
+                failure = _earliest(failure, _Failure(signatures.first_bad_seq, str(signatures.reason)))
             run_failure = None
             if failure is None and check_runs:
                 run_failure = _check_runs(conn, walk.runs)
@@ -866,6 +878,7 @@ def verify_ledger(
         "anchored_seq": None if anchored is None else anchored.seq,
         "anchor_time": None if anchored is None else anchored.time,
         "warnings": warnings,
+        "signatures_checked": None if signatures is None else signatures.signed,
     }
     # Authorising events were all verified by the walk (it stops at a broken
     # link); list the redactions of the verified prefix.

@@ -520,3 +520,17 @@ def redaction_of_blob(conn: Connection, digest: str) -> tuple[int, int] | None:
     ).first()
     return None if row is None else (int(row[0]), int(row[1]))
 
+
+def approvals_with_requests(conn: Connection) -> list[tuple[Any, ...]]:
+    """Every ``approval.granted`` event with the request it answers, in ``seq`` order.
+
+    Rows: ``(seq, run_id, actor_id, payload_json, request seq, request event_type,
+    request payload_json, request output_sha256)``; the request columns are
+    ``None`` when no request has that ``event_id``.
+    """
+    return [tuple(r) for r in conn.execute(text(
+        "SELECT g.seq, g.run_id, g.actor_id, g.payload_json, r.seq, r.event_type, r.payload_json, "
+        "r.output_sha256 FROM audit_event g LEFT JOIN audit_event r ON r.event_id = g.caused_by_event_id "
+        "WHERE g.event_type = 'approval.granted' ORDER BY g.seq"
+    ))]
+

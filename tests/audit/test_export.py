@@ -191,7 +191,7 @@ def test_export_and_verify_export_through_the_cli(cli, tmp_path) -> None:
     doc = tmp_path / "d.txt"
     doc.write_text("one two three four five")
     run = cli.json("start", TOY, "--input", str(doc))
-    cli("approve", run["run_id"], "--by", "user:alice", "--comment", "fine")
+    cli("approve", run["run_id"], "--by", "user:alice", "--no-digest", "--comment", "fine")
     anchor = tmp_path / "a.anchor"
     assert cli("audit", "anchor", "--out", str(anchor)).exit_code == 0
     out = tmp_path / "run.jsonl"

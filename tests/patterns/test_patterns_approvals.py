@@ -169,14 +169,14 @@ def test_the_cli_shows_approvals_so_far_and_refuses_with_one_line(cli: Any, tmp_
     (tmp_path / "in.json").write_text(json.dumps({"amount_cents": 50_000}))
     started = cli.json("start", ref, "--input", str(tmp_path / "in.json"), "--by", "user:clerk")
     run_id = started["run_id"]
-    refused = cli("approve", run_id, "--by", "user:clerk")
+    refused = cli("approve", run_id, "--by", "user:clerk", "--no-digest")
     assert refused.exit_code == 1
     assert refused.stderr.strip().startswith("error: run") and "approval refused" in refused.stderr
-    assert cli("approve", run_id, "--by", "user:cfo").exit_code == 0
+    assert cli("approve", run_id, "--by", "user:cfo", "--no-digest").exit_code == 0
     shown = cli("status", run_id)
     assert "1 of 2 (user:cfo)" in shown.stdout
     as_json = cli.json("status", run_id)
     assert as_json["pending"]["approved_by"] == ["user:cfo"] and as_json["pending"]["required"] == 2
-    assert cli.json("approve", run_id, "--by", "user:controller")["status"] == "DONE"
+    assert cli.json("approve", run_id, "--by", "user:controller", "--no-digest")["status"] == "DONE"
     verified = cli("audit", "verify")
     assert verified.exit_code == 0, verified.output

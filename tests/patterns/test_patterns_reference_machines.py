@@ -175,7 +175,7 @@ def test_invoice_over_the_threshold_needs_two_distinct_finance_approvers(cli: An
     assert run["pending"]["required"] == 2 and run["pending"]["rules"] == ["amount_over_10k"]
     digest = run["pending"]["proposal_digest"]
 
-    assert "not in the approver group" in cli("approve", run_id, "--by", "user:clerk").stderr
+    assert "not in the approver group" in cli("approve", run_id, "--by", "user:clerk", "--digest", digest).stderr
     first = cli.json("approve", run_id, "--by", "user:cfo", "--digest", digest)
     assert first["status"] == "WAITING_FOR_APPROVAL" and first["pending"]["approved_by"] == ["user:cfo"]
     assert "already approved" in cli("approve", run_id, "--by", "user:cfo", "--digest", digest).stderr

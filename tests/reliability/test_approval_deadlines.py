@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from statecraft import (
-    Engine, Finish, Goto, IllegalTransition, Machine, MachineDefinitionError, RequestApproval, RunStatus, Step,
+    ApprovalExpired, Engine, Finish, Goto, IllegalTransition, Machine, MachineDefinitionError, RequestApproval, RunStatus, Step,
 )
 from statecraft.policy import Budget
 from tests.support.reliability import Counter, FakeClock, assert_ledger_ok
@@ -67,13 +67,23 @@ def test_approve_by_default_only_where_the_step_says_so(db_path: Path, clock: Fa
         ])
 
 
-def test_a_decision_after_the_deadline_is_refused(db_path: Path, clock: FakeClock) -> None:
+def test_a_decision_after_the_deadline_is_refused_and_writes_nothing(db_path: Path, clock: FakeClock) -> None:
+    # Issue #8: approve after the deadline wrote approval.expired, then raised.
+    # A request that raises has written nothing; the worker records the expiry.
     with Engine(db_path, clock=clock) as engine:
         run = engine.start(gated(), {})
         clock.advance(timedelta(days=1))
-        with pytest.raises(IllegalTransition, match="FAILED"):
-            engine.approve(run.run_id, by="late@example.com")
-        assert engine.events(run.run_id)[-1].event_type == "approval.expired"
+        before = engine.events()
+        for decide in (
+            lambda: engine.approve(run.run_id, by="late@example.com"),
+            lambda: engine.reject(run.run_id, by="late@example.com", reason="too late"),
+        ):
+            with pytest.raises(ApprovalExpired, match="deadline 2026-01-01T04:00:00.000000Z has passed") as info:
+                decide()
+            assert isinstance(info.value, IllegalTransition)
+            assert engine.events() == before
+        [expired] = engine.expire_approvals()
+        assert (expired.status, expired.error_code) == (RunStatus.FAILED, "approval_expired")
         assert not [e for e in engine.events(run.run_id) if e.event_type == "approval.granted"]
 
 

@@ -16,11 +16,11 @@ def test_a_budget_gate_is_approved_with_a_raised_limit_from_the_cli(cli: Cli, tm
     started = cli.json("start", str(GREEDY))
     assert started["status"] == "WAITING_FOR_APPROVAL"
     run_id = started["run_id"]
-    refused = cli("approve", run_id, "--by", "finance@example.com")
+    refused = cli("approve", run_id, "--by", "finance@example.com", "--no-digest")
     assert refused.exit_code == 1 and "--extend max_steps=" in refused.stderr
-    bad = cli("approve", run_id, "--by", "finance@example.com", "--extend", "max_steps")
+    bad = cli("approve", run_id, "--by", "finance@example.com", "--no-digest", "--extend", "max_steps")
     assert bad.exit_code == 2
-    done = cli.json("approve", run_id, "--by", "finance@example.com", "--extend", "max_steps=10")
+    done = cli.json("approve", run_id, "--by", "finance@example.com", "--no-digest", "--extend", "max_steps=10")
     assert done["status"] == "DONE" and done["steps_taken"] == 5
 
 

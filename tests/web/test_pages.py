@@ -6,9 +6,10 @@ import re
 import sqlite3
 from pathlib import Path
 
+import pytest
 from markupsafe import escape
 
-from statecraft import Engine, RunStatus
+from statecraft import Engine, InvalidActorId, RunStatus
 from statecraft.audit.anchor import take_anchor
 from statecraft.audit.redact import redact_event
 from statecraft.loader import load_machine
@@ -277,14 +278,16 @@ def test_hostile_actor_ids_comments_and_agent_output_are_escaped_on_every_page(w
 
 
 def test_control_and_bidi_characters_show_as_visible_escapes_and_line_breaks_stay(web: Web, engine: Engine) -> None:
-    run = start_payment(engine, 10, note="pay mallory\u202eecilA\u200b", by="user:mallory\r\x1b[2Kalice")
+    # An actor id with control characters no longer reaches the ledger (identity.py refuses it).
+    with pytest.raises(InvalidActorId):
+        start_payment(engine, 10, by="user:mallory\r\x1b[2Kalice")
+    run = start_payment(engine, 10, note="pay mallory\u202eecilA\u200b", by="user:mallory")
     web.login("alice")
     assert web.decide(run.run_id, text="line one\r\nline two\u202e").status_code == 303
     page = web.client.get(f"/runs/{run.run_id}").text
     for raw in ("\u202e", "\u200b", "\x1b", "\r"):
         assert raw not in page, repr(raw)
     assert "pay mallory\\u202eecilA\\u200b" in page
-    assert "user:mallory\\x0d\\x1b[2Kalice" in page
     assert "line one\nline two\\u202e" in page  # the browser's CRLF recorded as a newline, shown as one
     granted = [e.reason for e in engine.events(run.run_id) if e.event_type == "approval.granted"]
     assert granted == ["line one\nline two\u202e"]  # the ledger keeps the exact text
