@@ -94,7 +94,12 @@ def serve(
         authenticators=tuple(authenticators), secret=_secret(secret_file), continue_runs=not no_continue,
         allowed_hosts=hosts, secure_cookies=secure_cookies, stop_engine_on_shutdown=True,
     )
-    with Engine(Database(db, create=False, synchronous=synchronous)) as engine:  # type: ignore[arg-type]
+    from .decide import web_principal
+
+    # Every decision made through the pages is recorded with the principal that
+    # authenticated it (payload identity.principal), beside the OS account.
+    engine = Engine(Database(db, create=False, synchronous=synchronous), authenticate=web_principal)  # type: ignore[arg-type]
+    with engine:
         app = create_app(engine, config)
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"statecraft serve: http://{shown}:{port}/ on {db}", err=True)

@@ -17,6 +17,7 @@ decides whether to advance inline, on a background thread, or leave it to a
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,7 +26,7 @@ from ..errors import ApprovalMismatch, RunError
 from ..views import RunInfo
 from .auth import Principal
 
-__all__ = ["MAX_COMMENT_CHARS", "Decision", "decide"]
+__all__ = ["MAX_COMMENT_CHARS", "Decision", "decide", "web_principal"]
 
 MAX_COMMENT_CHARS = 10_000
 """Longest comment (approval) or reason (rejection) accepted, in characters."""
@@ -74,18 +75,36 @@ def decide(engine: Engine, principal: Principal, decision: Decision) -> RunInfo:
     if comment is not None and len(comment) > MAX_COMMENT_CHARS:
         raise RunError(f"run {run_id}: the comment is longer than {MAX_COMMENT_CHARS} characters", run_id=run_id)
     # ------------------------------------------------------------------------------------
-    # IDENTITY HAND-OFF. The principal reaches the engine here and nowhere else.
-    # Today it is the engine's ``by=`` actor id (recorded as actor_type "human").
-    # When Engine(authenticate=...) lands, route ``principal`` through that hook
-    # instead, so the event records it as the authenticated principal.
+    # IDENTITY HAND-OFF. The principal reaches the engine here and nowhere else: as
+    # the actor id (``by=``), and, for an engine built with
+    # ``authenticate=web_principal`` (``statecraft serve`` builds it so), as the
+    # authenticated principal recorded beside it (payload ``identity.principal``).
     # ------------------------------------------------------------------------------------
     by = principal.id
-    if decision.action == "approve":
-        return engine.approve(run_id, by=by, comment=comment, digest=decision.digest, advance=False)
-    if comment is None:
-        raise RunError(f"run {run_id}: a rejection needs a reason", run_id=run_id)
-    current = engine.get(run_id)
-    pending = current.pending.proposal_digest if current.pending is not None else None
-    if pending is not None and pending != decision.digest:
-        raise ApprovalMismatch(run_id, decision.digest, pending)
-    return engine.reject(run_id, by=by, reason=comment)
+    token = _PRINCIPAL.set(principal.id)
+    try:
+        if decision.action == "approve":
+            return engine.approve(run_id, by=by, comment=comment, digest=decision.digest, advance=False)
+        if comment is None:
+            raise RunError(f"run {run_id}: a rejection needs a reason", run_id=run_id)
+        current = engine.get(run_id)
+        pending = current.pending.proposal_digest if current.pending is not None else None
+        if pending is not None and pending != decision.digest:
+            raise ApprovalMismatch(run_id, decision.digest, pending)
+        return engine.reject(run_id, by=by, reason=comment)
+    finally:
+        _PRINCIPAL.reset(token)
+
+
+_PRINCIPAL: ContextVar[str | None] = ContextVar("statecraft_web_principal", default=None)
+
+
+def web_principal(claimed_actor_id: str) -> str | None:
+    """``Engine(authenticate=web_principal)``: the principal the current web request authenticated.
+
+    Set by :func:`decide` for the length of the engine call; ``None`` (the
+    engine then refuses with ``NotAuthenticated``, writing nothing) for a
+    request naming an actor from anywhere else, so an engine serving the web
+    app records every human decision with the principal that made it.
+    """
+    return _PRINCIPAL.get()

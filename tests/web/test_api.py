@@ -239,3 +239,31 @@ def test_a_gate_past_its_deadline_is_marked_and_cannot_be_approved_any_more(web:
     assert late.status_code == 409
     # Refused, writing nothing: the worker records approval.expired (issue #8).
     assert web.engine.events(run.run_id) == before
+
+
+def test_an_engine_built_as_serve_builds_it_records_the_authenticated_principal(
+    db_path: Path, users_file: Path
+) -> None:
+    # statecraft serve builds its engine with authenticate=web_principal: every decision
+    # then carries the principal the web request authenticated, beside the OS account.
+    import pytest
+
+    from statecraft import NotAuthenticated
+    from statecraft.web.decide import web_principal
+    from tests.web.support import make_client
+
+    with Engine(db_path) as service:  # the run is started by a service, outside any web request
+        run = start_payment(service, 5_000_00)
+    assert run.pending is not None
+    with Engine(db_path, authenticate=web_principal) as engine, make_client(engine, users_file) as client:
+        answer = client.post(
+            f"/api/runs/{run.run_id}/approve", headers=api_headers("cfo"),
+            json={"digest": run.pending.proposal_digest, "comment": "ok"},
+        )
+        assert answer.status_code == 200, answer.text
+        granted = [e for e in engine.events(run.run_id) if e.event_type == "approval.granted"][-1]
+        identity = json.loads(granted.payload_json or "{}")["identity"]
+        assert identity["principal"] == granted.actor_id == "user:cfo"
+        # Outside a web request, the same engine refuses a named actor it cannot vouch for.
+        with pytest.raises(NotAuthenticated):
+            engine.cancel(run.run_id, by="ops@example.com", reason="cleanup")
