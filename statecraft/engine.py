@@ -43,7 +43,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from ._time import format_utc, utc_now
 from .audit.chain import canonical_json
@@ -67,20 +67,20 @@ from .machine import Machine
 from .outcomes import ApprovalPolicy, Fail, Finish, Goto, RequestApproval
 from .store.blobs import blob_json, get_blob, put_blob, sha256_hex
 from .store.db import Database, Synchronous
+from .store.ledger import event_rows, first_payload
+from .store.runs import gate_approvers, gate_request, insert_run, list_run_ids, load_run
 from .views import AuditEvent, PendingApproval, RunInfo
 from .leases import new_owner_id
 from .runner import StepRunner
 from .store.txn import Tx, read_tx, tx_of
 from .budget import extend as extend_budget
-from .transition import KEEP, RUN_COLUMNS, write_transition
+from .transition import KEEP, write_transition
 
 if TYPE_CHECKING:
     from .signing import ApprovalSignature, Keyring
 
 __all__ = ["Engine", "StepReport", "proposal_digest"]
 
-_RUN_COLUMNS = ", ".join(RUN_COLUMNS)
-_SELECT_RUN_SQL = f"SELECT {_RUN_COLUMNS} FROM run WHERE run_id = :run_id"
 
 
 @dataclass(frozen=True)
@@ -361,27 +361,11 @@ class Engine:
         with self.db.write() as conn:
             task_sha = put_blob(conn, task_body, created_at=now)
             state_sha = put_blob(conn, state_body, created_at=now)
-            conn.execute(
-                text(
-                    "INSERT INTO run (run_id, machine_name, machine_version, machine_digest, "
-                    "machine_ref, status, step, state_sha256, task_sha256, run_seq, steps_taken, "
-                    "created_at, updated_at, started_by, parent_run_id, tokens_in, tokens_out, "
-                    "cost_micros) VALUES (:run_id, :mn, :mv, :md, :ref, 'IDLE', :step, :ss, :ts, "
-                    "0, 0, :now, :now, :by, :parent, 0, 0, 0)"
-                ),
-                {
-                    "run_id": run_id,
-                    "mn": machine.name,
-                    "mv": machine.version,
-                    "md": machine.digest,
-                    "ref": canonical_ref(ref) if ref else None,
-                    "step": machine.start,
-                    "ss": state_sha,
-                    "ts": task_sha,
-                    "now": now,
-                    "by": by,
-                    "parent": parent_run_id,
-                },
+            insert_run(
+                tx_of(conn), run_id=run_id, machine_name=machine.name, machine_version=machine.version,
+                machine_digest=machine.digest, machine_ref=canonical_ref(ref) if ref else None,
+                step=machine.start, state_sha256=state_sha, task_sha256=task_sha, now=now,
+                started_by=by, parent_run_id=parent_run_id,
             )
             run = self._load_row(conn, run_id)
             self._transition(
@@ -730,11 +714,7 @@ class Engine:
         if not request_id:
             return _Gate(None, None, ())
         tx = tx_of(conn)
-        request = tx.one(
-            "SELECT actor_id, output_sha256 FROM audit_event "
-            "WHERE run_id = :run_id AND event_id = :event_id",
-            {"run_id": run["run_id"], "event_id": request_id},
-        )
+        request = gate_request(tx, run["run_id"], request_id)
         if request is None:
             return _Gate(None, None, ())
         policy, rules = None, ()
@@ -750,15 +730,7 @@ class Engine:
             described = proposal.get("policy")
             policy = None if described is None else ApprovalPolicy.from_json(described)
             rules = tuple(proposal.get("rules") or ())
-        approved_by = tuple(
-            row[0]
-            for row in tx.all(
-                "SELECT actor_id FROM audit_event WHERE run_id = :run_id "
-                "AND event_type = 'approval.granted' AND caused_by_event_id = :event_id "
-                "ORDER BY seq",
-                {"run_id": run["run_id"], "event_id": request_id},
-            )
-        )
+        approved_by = gate_approvers(tx, run["run_id"], request_id)
         return _Gate(policy, request[0], approved_by, rules)
 
     def cancel(self, run_id: str, *, by: str, reason: str) -> RunInfo:
@@ -837,31 +809,16 @@ class Engine:
         limit: int = 100,
     ) -> list[RunInfo]:
         """Runs, newest first, optionally filtered by status and machine name. Read-only."""
-        clauses, params = [], {"limit": int(limit)}
-        if status is not None:
-            clauses.append("status = :status")
-            params["status"] = str(RunStatus(status))  # type: ignore[assignment]
-        if machine is not None:
-            clauses.append("machine_name = :machine")
-            params["machine"] = machine  # type: ignore[assignment]
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        wanted = None if status is None else str(RunStatus(status))
         with self.db.read() as conn:
-            ids = conn.execute(
-                text(f"SELECT run_id FROM run {where} ORDER BY created_at DESC, rowid DESC LIMIT :limit"),
-                params,
-            ).scalars()
-            return [self._info(conn, rid) for rid in list(ids)]
+            ids = list_run_ids(tx_of(conn), status=wanted, machine=machine, limit=limit)
+            return [self._info(conn, rid) for rid in ids]
 
     def events(self, run_id: str | None = None) -> builtins.list[AuditEvent]:
         """Audit events in ``seq`` order, of one run or of the whole ledger. Read-only."""
-        sql = "SELECT * FROM audit_event"
-        params: dict[str, Any] = {}
-        if run_id is not None:
-            sql += " WHERE run_id = :run_id"
-            params["run_id"] = run_id
         with self.db.read() as conn:
-            rows = conn.execute(text(sql + " ORDER BY seq"), params).mappings().all()
-        return [AuditEvent.model_validate(dict(r)) for r in rows]
+            rows = event_rows(tx_of(conn), run_id)
+        return [AuditEvent.model_validate(r) for r in rows]
 
     def task(self, run_id: str) -> Any:
         """The run's original input (str or dict). Read-only.
@@ -909,10 +866,7 @@ class Engine:
     def _mismatch(self, run: Mapping[str, Any], loaded: Machine[Any]) -> MachineMismatch:
         """``MachineMismatch`` saying what changed, from the machine recorded at ``run.created``. Read-only."""
         with self.db.read() as conn:
-            body = conn.execute(
-                text("SELECT payload_json FROM audit_event WHERE run_id = :run_id AND run_seq = 1"),
-                {"run_id": run["run_id"]},
-            ).scalar()
+            body = first_payload(tx_of(conn), run["run_id"])
         try:
             recorded = json.loads(body)["machine"] if body else None
         except (ValueError, KeyError, TypeError):
@@ -1064,10 +1018,10 @@ class Engine:
     def _load_row(self, conn: Connection | Tx, run_id: str) -> dict[str, Any]:
         # On the DB-API connection under the caller's transaction (tx_of):
         # SQLAlchemy's result machinery costs ~60 µs here, the driver ~5.
-        row = tx_of(conn).one(_SELECT_RUN_SQL, {"run_id": run_id})
+        row = load_run(tx_of(conn), run_id)
         if row is None:
             raise RunNotFound(run_id)
-        return dict(zip(RUN_COLUMNS, row))
+        return row
 
     def _info(self, conn: Connection | Tx, run_id: str) -> RunInfo:
         run = self._load_row(conn, run_id)

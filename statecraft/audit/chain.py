@@ -22,15 +22,15 @@ and a Hypothesis test (tests/audit/test_canonical.py) proves both agree.
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring
 from typing import Any, Final
 
-import rfc8785
 from sqlalchemy import Connection
 
+from ..canonical import MAX_SAFE_INT as _MAX_SAFE_INT
+from ..canonical import canonical_json
 from ..store.ledger import AUDIT_COLUMNS, insert_event, ledger_head
 from ..store.txn import tx_of
 
@@ -59,62 +59,7 @@ HASHED_COLUMNS: Final[tuple[str, ...]] = tuple(
     c for c in ALL_COLUMNS if c not in ("entry_hash", "payload_json")
 )
 
-_MAX_SAFE_INT: Final = 2**53 - 1
-# json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
-# without building an encoder per call.
-_JSON_SORTED: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 _KNOWN_COLUMNS: Final = frozenset(AUDIT_COLUMNS)
-
-
-def _in_fast_domain(value: Any) -> bool:
-    if type(value) is dict:
-        # Hot path (every append hashes a flat envelope): exact types first,
-        # the general rule below for anything else; same verdicts either way.
-        for k, v in value.items():
-            if not isinstance(k, str) or not k.isascii():
-                return False
-            if v is None or type(v) is str or (type(v) is int and -_MAX_SAFE_INT <= v <= _MAX_SAFE_INT):
-                continue
-            if not _in_fast_domain(v):
-                return False
-        return True
-    if value is None or isinstance(value, (str, bool)):
-        return True
-    if isinstance(value, int):
-        return -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
-    if isinstance(value, Mapping):
-        return all(
-            isinstance(k, str) and k.isascii() and _in_fast_domain(v) for k, v in value.items()
-        )
-    if isinstance(value, (list, tuple)):
-        return all(_in_fast_domain(v) for v in value)
-    return False
-
-
-def canonical_json(value: Any) -> bytes:
-    """RFC 8785 (JCS) canonical JSON of ``value``, UTF-8 encoded.
-
-    Raises:
-        TypeError: ``value`` holds a float (forbidden in hashed data) or a
-            type JSON cannot represent.
-        rfc8785.CanonicalizationError: an integer beyond ±2**53, or a string
-            that is not valid Unicode.
-    """
-    if _in_fast_domain(value):
-        return _JSON_SORTED(value).encode("utf-8")
-    if _has_float(value):
-        raise TypeError("floats are not allowed in hashed audit data; use integers")
-    return rfc8785.dumps(value)
-
-
-def _has_float(value: Any) -> bool:
-    if isinstance(value, float):
-        return True
-    if isinstance(value, Mapping):
-        return any(_has_float(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_has_float(v) for v in value)
-    return False
 
 
 def compute_entry_hash(row: Mapping[str, Any]) -> str:

@@ -66,7 +66,8 @@ from ..store import audit_reads as reads
 from ..store.db import Database
 from .anchor import Anchor, parse_anchor
 from .chain import ALL_COLUMNS, HASH_ALG
-from .verify import _CHECKED, _SORTED_HASHED, _Failure, _Walk
+from .chain import SORTED_HASHED_COLUMNS
+from .verify import WALK_COLUMNS, ChainBreak, ChainWalk
 
 __all__ = ["EXPORT_FORMAT", "ExportReport", "ExportSummary", "export_bundle", "verify_export"]
 
@@ -351,7 +352,7 @@ def verify_export(
 class _State:
     def __init__(self) -> None:
         self.header: dict[str, Any] | None = None
-        self.walk: _Walk | None = None
+        self.walk: ChainWalk | None = None
         self.context_seqs: set[int] = set()
         self.event_ids: set[str] = set()
         self.refs: dict[str, int] = {}  # blob sha -> first selected seq referencing it
@@ -371,12 +372,12 @@ class _State:
 def _verify_stream(stream: IO[str], external: Sequence[Anchor]) -> ExportReport:
     state = _State()
     state.anchor_seqs = {a.seq for a in external}
-    failure: _Failure | None = None
+    failure: ChainBreak | None = None
     try:
         _read(stream, state)
     except _Bad as exc:
-        failure = _Failure(None, str(exc))
-    except _Failure as exc:
+        failure = ChainBreak(None, str(exc))
+    except ChainBreak as exc:
         failure = exc
     walk = state.walk
     header = state.header or {}
@@ -418,7 +419,7 @@ def _verify_stream(stream: IO[str], external: Sequence[Anchor]) -> ExportReport:
 
 
 def _read(stream: IO[str], state: _State) -> None:
-    """Read and check every line; raises ``_Bad`` or the walk's ``_Failure`` at the first problem."""
+    """Read and check every line; raises ``_Bad`` or the walk's ``ChainBreak`` at the first problem."""
     digest = hashlib.sha256()
     ended = False
     for number, line in enumerate(stream, start=1):
@@ -472,11 +473,11 @@ def _header(obj: dict[str, Any], state: _State) -> None:
     if obj.get("hash_alg") != HASH_ALG:
         raise _Bad(f"line 1: unknown hash_alg {obj.get('hash_alg')!r}")
     state.header = obj
-    state.walk = _Walk(obj.get("ledger_id"), set())
+    state.walk = ChainWalk(obj.get("ledger_id"), set())
 
 
 def _row(obj: dict[str, Any], number: int, kind: str, state: _State) -> None:
-    """Check one ledger row with the verify walk (raises ``_Failure`` at the first broken rule)."""
+    """Check one ledger row with the verify walk (raises ``ChainBreak`` at the first broken rule)."""
     if state.walk is None:
         raise _Bad(f"line {number}: a row before the header")
     if state.counts["blob"]:
@@ -501,18 +502,18 @@ def _row(obj: dict[str, Any], number: int, kind: str, state: _State) -> None:
     event_id = obj["event_id"]
     payload = obj.get("payload_json")
     walk.feed(
-        [(*(obj[c] if c != "payload_json" else payload for c in _CHECKED), *(obj[c] for c in _SORTED_HASHED))],
+        [(*(obj[c] if c != "payload_json" else payload for c in WALK_COLUMNS), *(obj[c] for c in SORTED_HASHED_COLUMNS))],
         rendered=False,
     )
     if event_id in state.event_ids:
-        raise _Failure(seq, f"seq {seq}: event_id {event_id} is used by an earlier row too")
+        raise ChainBreak(seq, f"seq {seq}: event_id {event_id} is used by an earlier row too")
     state.event_ids.add(event_id)
     state.counts[kind] += 1
     refs = tuple(obj[c] for c in _BLOB_COLUMNS if obj[c])
     state.refs_by_row[event_id] = refs
     if kind == "context":
         if _selected(state.header or {}, obj):
-            raise _Failure(
+            raise ChainBreak(
                 seq,
                 f"seq {seq}: an event the bundle's selection covers ({_why_selected(state.header or {}, obj)}) "
                 "is shipped as a context row, its payload and blobs withheld",
@@ -574,16 +575,16 @@ def _blob(obj: dict[str, Any], number: int, state: _State) -> None:
         state.blobs[digest] = "ok" if hashlib.sha256(data).hexdigest() == digest else "edited"
 
 
-def _unauthorised(state: _State) -> _Failure | None:
+def _unauthorised(state: _State) -> ChainBreak | None:
     walk = state.walk
     assert walk is not None
     for event_id, seq in sorted(walk.pending_redactions.items(), key=lambda kv: kv[1]):
         if seq not in state.context_seqs:
-            return _Failure(seq, f"seq {seq}: payload removed without a payload.redacted event")
+            return ChainBreak(seq, f"seq {seq}: payload removed without a payload.redacted event")
     return None
 
 
-def _check_blobs(state: _State) -> _Failure | None:
+def _check_blobs(state: _State) -> ChainBreak | None:
     walk = state.walk
     assert walk is not None
     authorised: set[str] = set()
@@ -603,26 +604,26 @@ def _check_blobs(state: _State) -> _Failure | None:
         elif status == "redacted" and digest not in authorised:
             problems.append((seq, f"seq {seq}: blob {digest}: body removed without a payload.redacted event"))
     if problems:
-        return _Failure(*min(problems))
+        return ChainBreak(*min(problems))
     return None
 
 
 def _check_anchors(
     state: _State, anchors: Sequence[Anchor], ledger_id: str | None
-) -> tuple[_Failure | None, Anchor | None]:
+) -> tuple[ChainBreak | None, Anchor | None]:
     matched: Anchor | None = None
     for a in sorted(anchors, key=lambda a: a.seq):
         if a.ledger_id != ledger_id:
-            return _Failure(None, f"{a.describe()} is for ledger {a.ledger_id}, the bundle for {ledger_id}"), None
+            return ChainBreak(None, f"{a.describe()} is for ledger {a.ledger_id}, the bundle for {ledger_id}"), None
         assert state.first is not None and state.last is not None
         if not state.first <= a.seq <= state.last:
-            return _Failure(
+            return ChainBreak(
                 None,
                 f"{a.describe()} is outside the bundle's seqs {state.first}..{state.last}; "
                 f"export with --through {a.seq} (or --anchor) to check it",
             ), matched
         if state.hashes.get(a.seq) != a.entry_hash:
-            return _Failure(
+            return ChainBreak(
                 a.seq, f"seq {a.seq}: entry_hash differs from {a.describe()}: not the ledger's own rows"
             ), matched
         matched = a

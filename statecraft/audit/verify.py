@@ -98,7 +98,16 @@ from .chain import (
 )
 from .signatures import check_signatures
 
-__all__ = ["FOLDED_COLUMNS", "RunFold", "VerifyReport", "fold_runs", "verify_ledger"]
+__all__ = [
+    "FOLDED_COLUMNS",
+    "WALK_COLUMNS",
+    "ChainBreak",
+    "ChainWalk",
+    "RunFold",
+    "VerifyReport",
+    "fold_runs",
+    "verify_ledger",
+]
 
 KNOWN_HASH_ALGS: Final = frozenset({HASH_ALG})
 KNOWN_SCHEMA_VERSIONS: Final = frozenset({LEDGER_SCHEMA_VERSION})
@@ -113,14 +122,14 @@ _SORTED_HASHED: Final[tuple[str, ...]] = SORTED_HASHED_COLUMNS
 # Every scan returns these first, in this order (feed unpacks them), then
 # either the hashed values (Python hashing) or an "unsafe" flag and the
 # envelope (SQLite rendering).
-_CHECKED: Final[tuple[str, ...]] = (
+WALK_COLUMNS: Final[tuple[str, ...]] = (  # fed to ChainWalk.feed first, in this order
     "seq", "ledger_id", "prev_hash", "hash_alg", "schema_version", "event_id",
     "event_type", "run_id", "run_seq", "to_status", "to_step", "state_sha256",
     "caused_by_event_id", "payload_sha256", "entry_hash", "payload_json",
 )  # fmt: skip
 
-_PYTHON_SCAN: Final = reads.scan_sql(_CHECKED + _SORTED_HASHED)
-_PYTHON_SCAN_AFTER: Final = reads.scan_sql(_CHECKED + _SORTED_HASHED, after=True)
+_PYTHON_SCAN: Final = reads.scan_sql(WALK_COLUMNS + _SORTED_HASHED)
+_PYTHON_SCAN_AFTER: Final = reads.scan_sql(WALK_COLUMNS + _SORTED_HASHED, after=True)
 _ROW_VALUES: Final = reads.row_values_sql(_SORTED_HASHED)
 _ENVELOPE_SQL: Final = reads.envelope_sql(_SORTED_HASHED)
 
@@ -181,8 +190,14 @@ class RunFold(NamedTuple):
     run_seq: int
 
 
-class _Failure(Exception):
-    """The first broken rule: raised inside the walk, turned into a report."""
+class ChainBreak(Exception):
+    """The first broken rule: raised inside the walk, turned into a report (also by verify-export).
+
+    Attributes:
+        seq: the first bad seq (``None``: not one row's problem).
+        reason: one line naming the seq and the rule.
+        broken_link: the row's ``prev_hash`` does not match (verify then says what it points at).
+    """
 
     def __init__(self, seq: int | None, reason: str, *, broken_link: bool = False) -> None:
         super().__init__(reason)
@@ -222,7 +237,7 @@ def _sqlite_scan_sql(raw: sqlite3.Connection) -> str | None:
     """The SQLite-rendering scan for this table's declared types, or ``None`` if unusable."""
     if not _sqlite_renders_jcs():
         return None
-    return reads.sqlite_scan(raw, _CHECKED, _SORTED_HASHED, _MAX_SAFE_INT)
+    return reads.sqlite_scan(raw, WALK_COLUMNS, _SORTED_HASHED, _MAX_SAFE_INT)
 
 
 # -- the walk -------------------------------------------------------------------------
@@ -232,8 +247,8 @@ def _no_row_values(seq: int) -> Sequence[Any]:
     raise RuntimeError(f"seq {seq}: rows rendered by SQLite need a row_values reader")
 
 
-class _Walk:
-    """State of one streaming pass over the ledger, fed in batches.
+class ChainWalk:
+    """State of one streaming pass over the ledger, fed in batches (verify, and verify-export on a bundle).
 
     Args:
         ledger_id: ``statecraft_meta``'s ledger id.
@@ -269,12 +284,12 @@ class _Walk:
         """Check one batch of rows in seq order.
 
         Args:
-            rows: ``_CHECKED`` columns, then either the hashed values in
+            rows: ``WALK_COLUMNS`` columns, then either the hashed values in
                 sorted order (``rendered=False``) or the unsafe flag and the
                 SQLite-rendered envelope (``rendered=True``).
 
         Raises:
-            _Failure: the first row that breaks a rule.
+            ChainBreak: the first row that breaks a rule.
             sqlite3.Error: a row cannot be read for re-hashing.
         """
         ledger_id = self.ledger_id
@@ -295,38 +310,38 @@ class _Walk:
                 checked += 1
                 if seq != last_seq + 1:
                     if isinstance(seq, int) and seq <= last_seq:  # seq is no longer a key
-                        raise _Failure(seq, f"seq {seq}: a second row with this seq")
-                    raise _Failure(
+                        raise ChainBreak(seq, f"seq {seq}: a second row with this seq")
+                    raise ChainBreak(
                         last_seq + 1,
                         f"seq {last_seq + 1} missing (expected contiguous seq; "
                         f"next row has seq {seq!r})",
                     )
                 if row_ledger_id != ledger_id:
-                    raise _Failure(
+                    raise ChainBreak(
                         seq,
                         f"seq {seq}: ledger_id differs (row spliced from another ledger): "
                         f"{row_ledger_id!r}, statecraft_meta has {ledger_id!r}",
                     )
                 if hash_alg not in KNOWN_HASH_ALGS:
-                    raise _Failure(seq, f"seq {seq}: unknown hash_alg {hash_alg!r}")
+                    raise ChainBreak(seq, f"seq {seq}: unknown hash_alg {hash_alg!r}")
                 if schema_version not in KNOWN_SCHEMA_VERSIONS:
-                    raise _Failure(seq, f"seq {seq}: unknown schema_version {schema_version!r}")
+                    raise ChainBreak(seq, f"seq {seq}: unknown schema_version {schema_version!r}")
                 if seq == 1:
                     if prev_hash != GENESIS_PREV_HASH:
-                        raise _Failure(1, "seq 1: genesis prev_hash is not 64 zeros")
+                        raise ChainBreak(1, "seq 1: genesis prev_hash is not 64 zeros")
                     if event_type != "ledger.genesis":
-                        raise _Failure(
+                        raise ChainBreak(
                             1, f"seq 1: genesis event_type is {event_type!r}, not 'ledger.genesis'"
                         )
                 else:
                     if prev_hash != last_hash:
-                        raise _Failure(
+                        raise ChainBreak(
                             seq,
                             f"seq {seq}: prev_hash does not match seq {last_seq}'s entry_hash",
                             broken_link=True,
                         )
                     if event_type == "ledger.genesis":
-                        raise _Failure(seq, f"seq {seq}: a second ledger.genesis event")
+                        raise ChainBreak(seq, f"seq {seq}: a second ledger.genesis event")
                 # rendered: rest == [unsafe, envelope]; else rest is the hashed values.
                 if not (
                     rendered
@@ -336,35 +351,35 @@ class _Walk:
                     try:
                         computed = _entry_hash_sorted(self.row_values(seq) if rendered else rest)
                     except (TypeError, ValueError) as exc:
-                        raise _Failure(
+                        raise ChainBreak(
                             seq, f"seq {seq}: a value cannot be hashed (row edited): {exc}"
                         ) from None
                     if computed != entry_hash:
-                        raise _Failure(seq, f"seq {seq}: entry_hash mismatch (row edited)")
+                        raise ChainBreak(seq, f"seq {seq}: entry_hash mismatch (row edited)")
                 if payload is not None:
                     if (
                         payload_sha is None
                         or payload.__class__ is not str
                         or sha256(payload.encode("utf-8")).hexdigest() != payload_sha
                     ):
-                        raise _Failure(seq, f"seq {seq}: payload does not match payload_sha256")
+                        raise ChainBreak(seq, f"seq {seq}: payload does not match payload_sha256")
                 elif payload_sha is not None:
                     pending[event_id] = seq
                 if run_id is not None:
                     before = runs.get(run_id)
                     expected = 1 if before is None else before[3] + 1
                     if run_seq != expected:
-                        raise _Failure(
+                        raise ChainBreak(
                             seq,
                             f"seq {seq}: run_seq {run_seq} of run {run_id}, expected {expected}",
                         )
                     runs[run_id] = (to_status, to_step, state_sha256, run_seq, seq)
                 elif run_seq is not None:
-                    raise _Failure(seq, f"seq {seq}: run_seq {run_seq} without a run_id")
+                    raise ChainBreak(seq, f"seq {seq}: run_seq {run_seq} without a run_id")
                 if duplicates and event_id in duplicates:
                     first = self.seen_duplicates.setdefault(event_id, seq)
                     if first != seq:
-                        raise _Failure(
+                        raise ChainBreak(
                             seq, f"seq {seq}: event_id {event_id} already used by seq {first}"
                         )
                 if event_type == "payload.redacted":
@@ -381,7 +396,7 @@ class _Walk:
 
     def unauthorised_redaction(
         self, before_seq: int | None, authorised_later: Callable[[str, int], bool] | None = None
-    ) -> _Failure | None:
+    ) -> ChainBreak | None:
         """The first payload removal that no ``payload.redacted`` event authorises.
 
         Args:
@@ -397,15 +412,15 @@ class _Walk:
                 return None
             if before_seq is not None and authorised_later is not None and authorised_later(event_id, seq):
                 continue
-            return _Failure(seq, f"seq {seq}: payload removed without a payload.redacted event")
+            return ChainBreak(seq, f"seq {seq}: payload removed without a payload.redacted event")
         return None
 
 
-def _stream_sqlite(conn: Connection, walk: _Walk) -> None:
+def _stream_sqlite(conn: Connection, walk: ChainWalk) -> None:
     """Feed every row to ``walk`` from a plain sqlite3 cursor.
 
     Raises:
-        _Failure: from the walk, or a row the driver cannot read.
+        ChainBreak: from the walk, or a row the driver cannot read.
     """
     raw = reads.sqlite_raw(conn)
     lookup = raw.cursor()
@@ -437,7 +452,7 @@ def _stream_sqlite(conn: Connection, walk: _Walk) -> None:
                 row = cursor.fetchone()
             except sqlite3.Error as exc:
                 bad = reads.min_seq_after(conn, walk.last_seq)
-                raise _Failure(bad, f"seq {bad}: row cannot be read (row edited): {exc}") from None
+                raise ChainBreak(bad, f"seq {bad}: row cannot be read (row edited): {exc}") from None
             if row is None:
                 return
             walk.feed([row], rendered=False)
@@ -446,7 +461,7 @@ def _stream_sqlite(conn: Connection, walk: _Walk) -> None:
         lookup.close()
 
 
-def _stream_other(conn: Connection, walk: _Walk) -> None:
+def _stream_other(conn: Connection, walk: ChainWalk) -> None:
     """Feed every row to ``walk`` through SQLAlchemy (non-SQLite databases)."""
     for rows in reads.stream(conn, _PYTHON_SCAN):
         walk.feed(rows, rendered=False)
@@ -456,7 +471,7 @@ def _authorised_later(conn: Connection) -> Callable[[str, int], bool]:
     return lambda event_id, seq: reads.authorised_later(conn, event_id, seq)
 
 
-def _diagnose_prev_hash(conn: Connection, failure: _Failure) -> _Failure:
+def _diagnose_prev_hash(conn: Connection, failure: ChainBreak) -> ChainBreak:
     """Add what the bad ``prev_hash`` points at (a fork, a reorder, nothing) to the reason."""
     assert failure.seq is not None
     prev_hash = reads.prev_hash_at(conn, failure.seq)
@@ -473,7 +488,7 @@ def _diagnose_prev_hash(conn: Connection, failure: _Failure) -> _Failure:
             note = f"it is seq {parent}'s entry_hash: rows reordered"
         else:
             note = f"it is seq {parent}'s entry_hash"
-    return _Failure(failure.seq, f"{failure.reason} ({note})")
+    return ChainBreak(failure.seq, f"{failure.reason} ({note})")
 
 
 # -- runs -------------------------------------------------------------------------------
@@ -509,7 +524,7 @@ def _describe(fields: Sequence[str], values: Sequence[Any]) -> str:
 
 def _check_runs(
     conn: Connection, runs: dict[str, tuple[Any, Any, Any, int, int]]
-) -> _Failure | None:
+) -> ChainBreak | None:
     """Compare each run row with the fold of its events; the earliest problem wins."""
     failure = _check_run_position(conn, runs)
     if failure is not None:
@@ -517,7 +532,7 @@ def _check_runs(
     return _earliest(_check_run_details(conn, runs), _check_pending(conn))
 
 
-def _check_run_details(conn: Connection, runs: dict[str, tuple[Any, Any, Any, int, int]]) -> _Failure | None:
+def _check_run_details(conn: Connection, runs: dict[str, tuple[Any, Any, Any, int, int]]) -> ChainBreak | None:
     """The run row's reviewer-facing columns (:data:`FOLDED_COLUMNS`) against its events."""
     folded = reads.fold_details(conn)
     problems: list[tuple[int, str]] = []
@@ -534,10 +549,10 @@ def _check_run_details(conn: Connection, runs: dict[str, tuple[Any, Any, Any, in
             f"run {run_id}: run row says {_describe(fields, [values[i] for i in differ])}, "
             f"ledger says {_describe(fields, [expected[i] for i in differ])} (seq {last})",
         ))
-    return _Failure(*min(problems)) if problems else None
+    return ChainBreak(*min(problems)) if problems else None
 
 
-def _check_pending(conn: Connection) -> _Failure | None:
+def _check_pending(conn: Connection) -> ChainBreak | None:
     """A waiting run's pending proposal (what an approver is shown) against its ``approval.requested`` event."""
     import json
 
@@ -554,13 +569,13 @@ def _check_pending(conn: Connection) -> _Failure | None:
                 f"from the approval.requested event at seq {seq}",
             ))
     if problems:
-        return _Failure(*min(problems))
+        return ChainBreak(*min(problems))
     return None
 
 
 def _check_run_position(
     conn: Connection, runs: dict[str, tuple[Any, Any, Any, int, int]]
-) -> _Failure | None:
+) -> ChainBreak | None:
     """Status, step, state hash and run_seq of each run row against the walk's fold."""
     run_rows = reads.run_positions(conn)
     names = ("status", "step", "state_sha256", "run_seq")
@@ -584,9 +599,9 @@ def _check_run_position(
                 )
             )
     if problems:
-        return _Failure(*min(problems))
+        return ChainBreak(*min(problems))
     if run_rows:
-        return _Failure(None, f"run {min(run_rows)}: run row has no events in the ledger")
+        return ChainBreak(None, f"run {min(run_rows)}: run row has no events in the ledger")
     return None
 
 
@@ -594,7 +609,7 @@ def _check_run_position(
 
 
 
-def _redaction_targets(conn: Connection, walk: _Walk) -> tuple[list[tuple[int, int]], set[str]]:
+def _redaction_targets(conn: Connection, walk: ChainWalk) -> tuple[list[tuple[int, int]], set[str]]:
     """``(target seq, redaction seq)`` of every verified ``payload.redacted`` event, and the blobs they cover.
 
     A redaction event authorises removing the payload and the blobs
@@ -612,8 +627,8 @@ def _redaction_targets(conn: Connection, walk: _Walk) -> tuple[list[tuple[int, i
 
 
 def _check_blobs(
-    conn: Connection, walk: _Walk, authorised: set[str], *, refs: bool
-) -> _Failure | None:
+    conn: Connection, walk: ChainWalk, authorised: set[str], *, refs: bool
+) -> ChainBreak | None:
     """Stored blobs against their hashes and removed bodies against redactions; optionally references.
 
     A blob is content-addressed (its key is the SHA-256 of its body), so an
@@ -636,11 +651,11 @@ def _check_blobs(
     failure = None
     if problems:
         first = min(problems)
-        failure = _Failure(None, f"blob {first}: {problems[first]}; no event references it")
+        failure = ChainBreak(None, f"blob {first}: {problems[first]}; no event references it")
         for rows in reads.ref_rows(conn):
             hit = next(((r[0], h) for r in rows for h in r[1:] if h in problems), None)
             if hit is not None:
-                failure = _Failure(hit[0], f"seq {hit[0]}: blob {hit[1]} {problems[hit[1]]}")
+                failure = ChainBreak(hit[0], f"seq {hit[0]}: blob {hit[1]} {problems[hit[1]]}")
                 break
     if refs:
         missing = reads.first_missing_blob_ref(conn)
@@ -654,7 +669,7 @@ def _check_blobs(
             )
             failure = _earliest(
                 failure,
-                _Failure(seq, f"seq {seq}: {column} names a blob that is not stored (blob row deleted)"),
+                ChainBreak(seq, f"seq {seq}: {column} names a blob that is not stored (blob row deleted)"),
             )
     if failure is not None and failure.seq is not None and failure.seq > walk.last_seq:
         return None  # beyond the verified prefix: the chain failure is reported instead
@@ -669,20 +684,20 @@ def _as_bytes(body: Any) -> bytes:
 
 
 def _check_anchors(
-    conn: Connection, ledger_id: str | None, anchors: Sequence[Anchor], walk: _Walk
-) -> tuple[_Failure | None, Anchor | None]:
+    conn: Connection, ledger_id: str | None, anchors: Sequence[Anchor], walk: ChainWalk
+) -> tuple[ChainBreak | None, Anchor | None]:
     """Check anchors against the ledger; return the first failure and the newest anchor matched."""
     ordered = sorted(anchors, key=lambda a: a.seq)
     for a in ordered:
         if a.ledger_id != ledger_id:
-            return _Failure(
+            return ChainBreak(
                 None,
                 f"{a.describe()} is for ledger {a.ledger_id}, but this database holds ledger "
                 f"{ledger_id} (a wrong anchor, or the database was replaced)",
             ), None
     for a, b in zip(ordered, ordered[1:]):
         if a.seq == b.seq and a.entry_hash != b.entry_hash:
-            return _Failure(
+            return ChainBreak(
                 a.seq,
                 f"seq {a.seq}: {a.describe()} and {b.describe()} disagree on its entry_hash "
                 "(at most one of them is genuine)",
@@ -708,14 +723,14 @@ def _check_anchors(
             "anchor kept in write-once storage" if newer else ""
         )
         if a.seq > head:
-            return _Failure(
+            return ChainBreak(
                 head + 1,
                 f"seq {head + 1} missing: the ledger ends at seq {head}, but {a.describe()} "
                 f"vouches for seq {a.seq} (tail truncated){proven}{conflict}",
             ), matched
         row_hash = reads.entry_hash_at(conn, a.seq)
         if row_hash != a.entry_hash:
-            return _Failure(
+            return ChainBreak(
                 a.seq,
                 f"seq {a.seq}: entry_hash differs from {a.describe()}: the ledger was "
                 f"rewritten at or before seq {a.seq}{proven}{conflict}",
@@ -724,7 +739,7 @@ def _check_anchors(
     if newer:
         # Every anchor given matches, but a newer one exists: rows after the
         # given anchor could have been rewritten since; only the newest proves them.
-        return _Failure(
+        return ChainBreak(
             None,
             f"{newest.describe()} is older than {newer[0]}; verify against the newest anchor "
             "from write-once storage",
@@ -732,7 +747,7 @@ def _check_anchors(
     return None, matched
 
 
-def _check_remembered(conn: Connection, ledger_id: str | None) -> _Failure | None:
+def _check_remembered(conn: Connection, ledger_id: str | None) -> ChainBreak | None:
     """Without anchors given: the row at the remembered anchor's seq must still carry its hash.
 
     The memory is inside the database, so it proves nothing when it
@@ -748,12 +763,12 @@ def _check_remembered(conn: Connection, ledger_id: str | None) -> _Failure | Non
     if row_hash is None:
         head = reads.ledger_head_seq(conn)
         if head < seen.seq:
-            return _Failure(
+            return ChainBreak(
                 head + 1,
                 f"seq {head + 1} missing: the ledger ends at seq {head}, but the newest anchor this "
                 f"database remembers (seq {seen.seq}, {seen.time}) vouches for seq {seen.seq} (tail truncated)",
             )
-    return _Failure(
+    return ChainBreak(
         seen.seq,
         f"seq {seen.seq}: entry_hash differs from the newest anchor this database remembers "
         f"({seen.time}): the ledger was rewritten at or before seq {seen.seq}",
@@ -830,19 +845,19 @@ def verify_ledger(
         try:
             ledger_id = reads.meta_ledger_id(conn)
             duplicates = reads.duplicate_event_ids(conn)
-            walk = _Walk(ledger_id, duplicates)
-            failure: _Failure | None = None
+            walk = ChainWalk(ledger_id, duplicates)
+            failure: ChainBreak | None = None
             try:
                 if reads.is_sqlite(conn):
                     _stream_sqlite(conn, walk)
                 else:
                     _stream_other(conn, walk)
-            except _Failure as exc:
+            except ChainBreak as exc:
                 if exc.seq is None:
-                    exc = _Failure(walk.last_seq + 1, exc.reason)
+                    exc = ChainBreak(walk.last_seq + 1, exc.reason)
                 failure = _diagnose_prev_hash(conn, exc) if exc.broken_link else exc
             if failure is None and walk.checked == 0:
-                failure = _Failure(1, "seq 1 missing (the ledger has no genesis event)")
+                failure = ChainBreak(1, "seq 1 missing (the ledger has no genesis event)")
             redaction = walk.unauthorised_redaction(
                 failure.seq if failure is not None else None, _authorised_later(conn)
             )
@@ -861,7 +876,7 @@ def verify_ledger(
                 failure = _earliest(failure, _check_remembered(conn, ledger_id))
             signatures = None if keyring is None else check_signatures(conn, keyring)
             if signatures is not None and signatures.first_bad_seq is not None:
-                failure = _earliest(failure, _Failure(signatures.first_bad_seq, str(signatures.reason)))
+                failure = _earliest(failure, ChainBreak(signatures.first_bad_seq, str(signatures.reason)))
             run_failure = None
             if failure is None and check_runs:
                 run_failure = _check_runs(conn, walk.runs)
@@ -910,7 +925,7 @@ def _guard_warnings(conn: Connection) -> tuple[str, ...]:
     )
 
 
-def _earliest(a: _Failure | None, b: _Failure | None) -> _Failure | None:
+def _earliest(a: ChainBreak | None, b: ChainBreak | None) -> ChainBreak | None:
     """The failure at the lower seq; one without a seq (not about a row) loses to one with."""
     if a is None or b is None:
         return a or b

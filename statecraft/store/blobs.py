@@ -8,13 +8,12 @@ hash, so a 50,000-token document is written once however many steps read it
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 import rfc8785
 from sqlalchemy import Connection, text
 
-from ..audit.chain import _in_fast_domain
+from ..canonical import in_fast_domain, sorted_json
 from .txn import Tx, tx_of
 
 __all__ = ["blob_json", "get_blob", "insert_blob", "put_blob", "sha256_hex"]
@@ -31,14 +30,11 @@ def blob_json(value: Any) -> bytes:
     Blob bodies are hashed, not chained, so floats are permitted here (JCS
     defines their form); the audit envelope only holds the resulting hash.
     """
-    if _in_fast_domain(value):
-        return _ENCODE(value).encode()
+    if in_fast_domain(value):
+        return sorted_json(value).encode()
     return rfc8785.dumps(value)
 
 
-# What json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-# does, without building an encoder per call.
-_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
 _INSERT = text(

@@ -16,7 +16,16 @@ from typing import Any, Final
 
 from .txn import Tx
 
-__all__ = ["AUDIT_COLUMNS", "clear_blob_body", "clear_payload", "insert_event", "ledger_head", "set_meta"]
+__all__ = [
+    "AUDIT_COLUMNS",
+    "clear_blob_body",
+    "clear_payload",
+    "event_rows",
+    "first_payload",
+    "insert_event",
+    "ledger_head",
+    "set_meta",
+]
 
 AUDIT_COLUMNS: Final[tuple[str, ...]] = (
     "seq", "ledger_id", "prev_hash", "entry_hash", "hash_alg", "schema_version", "event_id", "run_id",
@@ -69,4 +78,17 @@ def set_meta(conn: Any, key: str, value: str) -> None:
         text("INSERT INTO statecraft_meta (key, value) VALUES (:k, :v) ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
         {"k": key, "v": value},
     )
+
+
+def event_rows(tx: Tx, run_id: str | None = None) -> list[dict[str, Any]]:
+    """Every audit row, of one run or of the ledger, in ``seq`` order, as ``{column: value}``."""
+    where, params = ("WHERE run_id = :run_id", {"run_id": run_id}) if run_id is not None else ("", {})
+    rows = tx.all(f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit_event {where} ORDER BY seq", params)
+    return [dict(zip(AUDIT_COLUMNS, r)) for r in rows]
+
+
+def first_payload(tx: Tx, run_id: str) -> str | None:
+    """The ``payload_json`` of the run's first event (``run.created``)."""
+    row = tx.one("SELECT payload_json FROM audit_event WHERE run_id = :run_id AND run_seq = 1", {"run_id": run_id})
+    return None if row is None else row[0]
 

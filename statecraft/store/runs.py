@@ -22,7 +22,10 @@ from .txn import Tx
 __all__ = [
     "RUN_COLUMNS",
     "due_approvals",
+    "gate_approvers",
+    "gate_request",
     "insert_run",
+    "list_run_ids",
     "load_run",
     "release_all_leases",
     "release_lease",
@@ -180,3 +183,37 @@ def running_since(tx: Tx, run_id: str) -> str | None:
     """When the run last entered RUNNING (start, approval, retry), from its audit events."""
     row = tx.one(_RUNNING_SINCE, {"run_id": run_id})
     return None if row is None else row[0]
+
+
+def list_run_ids(tx: Tx, *, status: str | None, machine: str | None, limit: int) -> list[str]:
+    """Run ids, newest first (creation time, then insertion order), filtered by status and machine name."""
+    clauses, params = [], {"limit": int(limit)}
+    if status is not None:
+        clauses.append("status = :status")
+        params["status"] = status  # type: ignore[assignment]
+    if machine is not None:
+        clauses.append("machine_name = :machine")
+        params["machine"] = machine  # type: ignore[assignment]
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    # SQLite's rowid is insertion order; PostgreSQL has none, run_id breaks the tie there.
+    tie = "rowid DESC" if tx.sqlite else "run_id DESC"
+    return [r[0] for r in tx.all(f"SELECT run_id FROM run {where} ORDER BY created_at DESC, {tie} LIMIT :limit", params)]
+
+
+def gate_request(tx: Tx, run_id: str, event_id: str) -> tuple[str, str | None] | None:
+    """``(actor_id, output_sha256)`` of the ``approval.requested`` event a gate answers."""
+    row = tx.one(
+        "SELECT actor_id, output_sha256 FROM audit_event WHERE run_id = :run_id AND event_id = :event_id",
+        {"run_id": run_id, "event_id": event_id},
+    )
+    return None if row is None else (str(row[0]), row[1])
+
+
+def gate_approvers(tx: Tx, run_id: str, request_event_id: str) -> tuple[str, ...]:
+    """Who approved the request so far (``approval.granted`` answering it), in order."""
+    return tuple(row[0] for row in tx.all(
+        "SELECT actor_id FROM audit_event WHERE run_id = :run_id "
+        "AND event_type = 'approval.granted' AND caused_by_event_id = :event_id ORDER BY seq",
+        {"run_id": run_id, "event_id": request_event_id},
+    ))
+
