@@ -7,9 +7,13 @@ the real SDK against a loopback stand-in, never the internet.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import os
 import socket
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +57,84 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "statecraft.db"
 
 
+# -- the two backends ------------------------------------------------------------------
+#
+# Every test that takes the ``engine`` (or ``db_url``) fixture runs twice: on a
+# fresh SQLite file and on a fresh schema of the PostgreSQL server at
+# $STATECRAFT_TEST_POSTGRES (default: the local server CI provides). Where no
+# server answers, the PostgreSQL half is skipped, saying so. Tests that tamper
+# with the SQLite file itself are marked ``sqlite_only``.
+
+POSTGRES_URL = os.environ.get("STATECRAFT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@functools.cache
+def postgres_unavailable() -> str | None:
+    """Why the PostgreSQL half cannot run here, or ``None`` if it can."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[postgres]')"
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:  # no server, refused, wrong credentials
+        return f"no PostgreSQL server answers at {POSTGRES_URL} ({type(exc).__name__}: {str(exc).strip()[:120]})"
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        # A test that also takes ``db_path`` works on the SQLite file itself (an
+        # insider's sqlite3, a second Engine on the path): SQLite only.
+        sqlite_only = metafunc.definition.get_closest_marker("sqlite_only") or "db_path" in metafunc.definition.fixturenames
+        wanted = ["sqlite"] if sqlite_only else ["sqlite", "postgres"]
+        metafunc.parametrize("backend", wanted, indirect=True)
+
+
 @pytest.fixture
-def engine(db_path: Path) -> Iterator[Any]:
-    """An Engine on a fresh real SQLite file."""
+def backend(request: pytest.FixtureRequest) -> str:
+    """``sqlite`` or ``postgres`` (the PostgreSQL half skips where no server answers)."""
+    name = str(getattr(request, "param", "sqlite"))
+    if name == "postgres":
+        reason = postgres_unavailable()
+        if reason is not None:
+            pytest.skip(f"PostgreSQL half skipped: {reason}")
+    return name
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A fresh schema on the test server, dropped afterwards; yields a URL whose search_path is it."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{name}"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh database on ``backend``: a SQLite file path, or a PostgreSQL URL of a fresh schema."""
+    if backend == "sqlite":
+        yield str(tmp_path / "statecraft.db")
+        return
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Any]:
+    """An Engine on a fresh database: a real SQLite file, and a real PostgreSQL schema."""
     from statecraft import Engine
 
-    with Engine(db_path) as eng:
+    with Engine(db_url) as eng:
         yield eng
 
 

@@ -95,7 +95,14 @@ def test_checkpoint_is_a_view_with_one_row_per_run_event(engine: Engine) -> None
     engine.start(TOY, "four words at least")  # stops at the gate
 
     with engine.db.read() as conn:
-        kind = conn.exec_driver_sql("SELECT type FROM sqlite_master WHERE name = 'checkpoint'").scalar()
+        if engine.db.is_sqlite:
+            kind = conn.exec_driver_sql("SELECT type FROM sqlite_master WHERE name = 'checkpoint'").scalar()
+        else:
+            found = conn.exec_driver_sql(
+                "SELECT 1 FROM information_schema.views WHERE table_name = 'checkpoint' "
+                "AND table_schema = current_schema()"
+            ).scalar()
+            kind = "view" if found else None
         checkpoints = conn.exec_driver_sql(
             "SELECT run_id, run_seq, status, step, state_sha256, created_at FROM checkpoint "
             "ORDER BY run_id, run_seq"
@@ -173,7 +180,9 @@ def test_blobs_of_a_rolled_back_commit_are_not_remembered_as_stored(engine: Engi
     digest = hashlib.sha256(b'{"never":"committed"}').hexdigest()
     assert digest not in runner._known_blobs
     with engine.db.read() as conn:
-        assert conn.exec_driver_sql("SELECT count(*) FROM blob WHERE sha256 = ?", (digest,)).scalar() == 0
+        from sqlalchemy import text
+
+        assert conn.execute(text("SELECT count(*) FROM blob WHERE sha256 = :h"), {"h": digest}).scalar() == 0
 
 
 def test_the_known_blob_cache_forgets_the_least_recently_used_hash_first() -> None:

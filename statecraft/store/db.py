@@ -78,6 +78,42 @@ _TRIGGERS = (
 )
 
 
+# PostgreSQL: the same guard rails, in PL/pgSQL; TRUNCATE refused too, and the
+# privileges to change rows revoked from PUBLIC (the table's owner keeps them:
+# guard rails, not evidence — the chain and anchors are the evidence).
+_POSTGRES_GUARDS = (
+    """CREATE OR REPLACE FUNCTION statecraft_audit_event_guard() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            RAISE EXCEPTION 'audit_event is append-only: DELETE refused';
+        ELSIF TG_OP = 'TRUNCATE' THEN
+            RAISE EXCEPTION 'audit_event is append-only: TRUNCATE refused';
+        END IF;
+        -- UPDATE: the one permitted change is clearing a payload that a
+        -- payload.redacted event authorises (the chain binds it by payload_sha256).
+        IF (to_jsonb(NEW) - 'payload_json') IS DISTINCT FROM (to_jsonb(OLD) - 'payload_json') THEN
+            RAISE EXCEPTION 'audit_event is append-only: UPDATE refused';
+        END IF;
+        IF NEW.payload_json IS DISTINCT FROM OLD.payload_json AND (
+            NEW.payload_json IS NOT NULL OR NOT EXISTS (
+                SELECT 1 FROM audit_event r
+                WHERE r.event_type = 'payload.redacted' AND r.caused_by_event_id = OLD.event_id)
+        ) THEN
+            RAISE EXCEPTION 'audit_event is append-only: payload may only be redacted';
+        END IF;
+        RETURN NEW;
+    END $$""",
+    "CREATE TRIGGER audit_event_no_delete BEFORE DELETE ON audit_event "
+    "FOR EACH ROW EXECUTE FUNCTION statecraft_audit_event_guard()",
+    "CREATE TRIGGER audit_event_no_update BEFORE UPDATE ON audit_event "
+    "FOR EACH ROW EXECUTE FUNCTION statecraft_audit_event_guard()",
+    "CREATE TRIGGER audit_event_no_truncate BEFORE TRUNCATE ON audit_event "
+    "FOR EACH STATEMENT EXECUTE FUNCTION statecraft_audit_event_guard()",
+    "REVOKE UPDATE, DELETE, TRUNCATE ON audit_event FROM PUBLIC",
+)
+
+
 def database_url(db: str | os.PathLike[str] | None) -> str:
     """Turn a path, SQLAlchemy URL or ``None`` into a SQLAlchemy URL.
 
@@ -87,6 +123,10 @@ def database_url(db: str | os.PathLike[str] | None) -> str:
     if db is None:
         db = os.environ.get("STATECRAFT_DB") or DEFAULT_DB
     db = os.fspath(db)
+    scheme = db.split("://", 1)[0] if "://" in db else ""
+    if scheme in ("postgresql", "postgres"):
+        # psycopg 3 (the ``postgres`` extra), not SQLAlchemy's default psycopg2.
+        return "postgresql+psycopg://" + db.split("://", 1)[1]
     if "://" in db:
         return db
     if db.startswith("file:"):
@@ -169,7 +209,7 @@ class Database:
                 self.url = _read_only_url(path)
             self._sqlite_engine(path)
         else:
-            self.sa_engine = create_engine(self.url, pool_pre_ping=True)
+            self._postgres_engine()
         try:
             self.ledger_id = self._init_schema(create)
         except (OperationalError, DatabaseError) as exc:
@@ -207,6 +247,27 @@ class Database:
         )
         event.listen(self.sa_engine, "connect", self._on_connect)
         event.listen(self.sa_engine, "begin", self._on_begin)
+
+    def _postgres_engine(self) -> None:
+        if self.url.startswith("postgresql"):
+            try:
+                import psycopg  # noqa: F401  (only to say what to install)
+            except ImportError:
+                raise StoreError(
+                    "a PostgreSQL database needs the psycopg driver: pip install 'statecraft[postgres]'"
+                ) from None
+        self.sa_engine = create_engine(self.url, pool_pre_ping=True)
+        event.listen(self.sa_engine, "begin", self._on_begin_postgres)
+
+    def _on_begin_postgres(self, conn: Connection) -> None:
+        if getattr(self._local, "begin_mode", "DEFERRED") != "IMMEDIATE":
+            return
+        # One writer at a time, as BEGIN IMMEDIATE gives on SQLite: every write
+        # transaction appends to the one hash chain, and reading its head and
+        # inserting the next row must not interleave with another writer's.
+        # A transaction-scoped advisory lock, keyed by the schema (so ledgers
+        # in separate schemas of one database do not wait for each other).
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('statecraft.ledger.' || current_schema()))")
 
     def _on_connect(self, dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
@@ -308,6 +369,9 @@ class Database:
                 hashed = ", ".join(HASHED_COLUMNS + ("entry_hash",))
                 for ddl in _TRIGGERS:
                     conn.exec_driver_sql(ddl.replace("{hashed}", hashed))
+            else:
+                for ddl in _POSTGRES_GUARDS:
+                    conn.exec_driver_sql(ddl)
             ledger_id = str(uuid.uuid4())
             now = format_utc(utc_now())
             conn.execute(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -23,6 +23,12 @@ __all__ = [
     "SideEffectRow",
 ]
 
+
+
+# Usage totals and seqs can outgrow 32 bits on PostgreSQL (a run's cost in
+# micro-USD passes 2**31 at $2,147). SQLite's INTEGER is 64-bit already, and
+# its DDL text stays "INTEGER", so schemas created before this are unchanged.
+_BIG = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class MigrationRow(SQLModel, table=True):
@@ -79,9 +85,9 @@ class RunRow(SQLModel, table=True):
     pending_reason: Optional[str] = None
     error_code: Optional[str] = None
     reason: Optional[str] = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_micros: int = 0
+    tokens_in: int = Field(default=0, sa_type=_BIG)
+    tokens_out: int = Field(default=0, sa_type=_BIG)
+    cost_micros: int = Field(default=0, sa_type=_BIG)
     lease_owner: Optional[str] = None
     lease_expires_at: Optional[str] = None
     # Reliability bookkeeping (docs/reliability.md); none of it is folded
@@ -155,7 +161,7 @@ class AuditEventRow(SQLModel, table=True):
         Index("ix_audit_model_time", "model_id", "occurred_at"),
     )
 
-    seq: int = Field(primary_key=True)
+    seq: int = Field(primary_key=True, sa_type=_BIG, sa_column_kwargs={"autoincrement": False})
     ledger_id: str
     prev_hash: str
     entry_hash: str
@@ -186,9 +192,9 @@ class AuditEventRow(SQLModel, table=True):
     error_code: Optional[str] = None
     model_provider: Optional[str] = None
     model_id: Optional[str] = None
-    tokens_in: Optional[int] = None
-    tokens_out: Optional[int] = None
-    cost_micros: Optional[int] = None
+    tokens_in: Optional[int] = Field(default=None, sa_type=_BIG)
+    tokens_out: Optional[int] = Field(default=None, sa_type=_BIG)
+    cost_micros: Optional[int] = Field(default=None, sa_type=_BIG)
     latency_ms: Optional[int] = None
     attempt: Optional[int] = None
     input_sha256: Optional[str] = None
