@@ -300,6 +300,7 @@ class Database:
                         tables.BlobRow,
                         tables.SideEffectRow,
                         tables.AuditEventRow,
+                        *tables.CONTROL_TABLES,
                     )
                 ],
             )
