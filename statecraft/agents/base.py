@@ -191,6 +191,17 @@ class StepContext:
             self._task_loaded = True
         return self._task
 
+    @property
+    def abandoned(self) -> bool:
+        """Whether the engine has abandoned this attempt (its timeout passed, or the lease was lost).
+
+        An agent still running on its thread after that is not waited for, and
+        whatever it does is dropped: a long agent should check this before
+        starting anything costly (a Claude agent checks it after waiting for a
+        rate-limit slot, so an abandoned attempt sends nothing).
+        """
+        return bool(getattr(self._once, "abandoned", False))
+
     def now(self) -> datetime:
         """The engine's clock (UTC, timezone-aware); injectable for deterministic tests."""
         return self._clock()

@@ -93,6 +93,7 @@ from pydantic import BaseModel, ValidationError
 
 from .._time import format_utc
 from ..errors import DefinitionError
+from ..execution import AttemptAbandoned
 from ..outcomes import Fail, Outcome
 from ..store.blobs import blob_json, sha256_hex
 from ..tracing import SpanHandle, span
@@ -417,6 +418,10 @@ class ClaudeAgent(Generic[O]):
         wait_s = self._reserve(ctx, call)
         if wait_s > 0:
             time.sleep(wait_s)
+            if ctx.abandoned:
+                # Abandoned at its timeout while waiting (this thread is no longer
+                # waited for): sending now would be a billed call nobody reads.
+                raise AttemptAbandoned("not sent: the attempt was abandoned while waiting for a rate-limit slot")
         self._admit(ctx, call)
         with self._chat_span(ctx) as chat:
             try:

@@ -180,3 +180,20 @@ def test_a_bad_limit_is_refused_when_declared(bad: dict[str, Any]) -> None:
 
 def test_a_reservation_reports_its_wait_in_whole_milliseconds() -> None:
     assert Reservation("k", 250_999, 0).waited_ms == 250
+
+
+def test_an_attempt_abandoned_while_waiting_for_its_slot_sends_nothing(
+    fake_anthropic: FakeAnthropic, engine: Engine
+) -> None:
+    import time
+
+    fake_anthropic.push(json_message(CONTRACT, model=SONNET), json_message(CONTRACT, model=SONNET))
+    limit = RateLimit(requests_per_minute=60, burst=1, key="test:abandoned")  # the second slot is 1 s away
+    m = machine(agent(fake_anthropic, rate_limit=limit), timeout=timedelta(milliseconds=300))
+
+    first = engine.start(m, TASK)
+    second = engine.start(m, TASK)  # abandoned at 300 ms, its thread still asleep
+    time.sleep(1.2)  # past the slot: the abandoned thread wakes up
+
+    assert first.status is RunStatus.DONE and second.error_code == "timeout"
+    assert len(fake_anthropic.requests) == 1  # the abandoned attempt did not send its request
