@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-from ..audit.chain import HEAD_SQL, INSERT_SQL, new_event_row
-from .controls import ensure_control_tables
+from ..audit.chain import new_event_row
 from .db import Database
+from .ledger import insert_event, ledger_head
 from .txn import Tx, read_tx, write_tx
 
 __all__ = ["BreakerRecord", "LedgerNote", "read_breaker", "update_breaker"]
@@ -79,7 +79,6 @@ class LedgerNote:
 
 def read_breaker(db: Database, name: str) -> BreakerRecord | None:
     """The breaker's state, or ``None`` if it never changed from closed. Read-only."""
-    ensure_control_tables(db)
     with read_tx(db) as tx:
         row = tx.one(_SELECT, {"name": name})
     return None if row is None else BreakerRecord(*row)
@@ -105,7 +104,6 @@ def update_breaker(
     Returns:
         The rule's result.
     """
-    ensure_control_tables(db)
     with write_tx(db) as tx:
         row = tx.one(_SELECT, {"name": name})
         new, note, result = rule(None if row is None else BreakerRecord(*row))
@@ -121,9 +119,8 @@ def update_breaker(
 
 
 def _append_ledger_event(tx: Tx, ledger_id: str, note: LedgerNote, now: str) -> None:
-    head = tx.one(HEAD_SQL)
     row = new_event_row(
-        None if head is None else (int(head[0]), str(head[1])),
+        ledger_head(tx),
         ledger_id=ledger_id,
         fields={
             "event_type": note.event_type, "actor_type": "system", "actor_id": "statecraft",
@@ -132,4 +129,4 @@ def _append_ledger_event(tx: Tx, ledger_id: str, note: LedgerNote, now: str) -> 
         },
         payload=dict(note.payload),
     )
-    tx.run(INSERT_SQL, row)
+    insert_event(tx, row)

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
-from .controls import ensure_control_tables
 from .db import Database
 from .txn import write_tx
 
@@ -60,7 +59,6 @@ def update_bucket(
     Returns:
         The rule's result.
     """
-    ensure_control_tables(db)
     with write_tx(db) as tx:
         row = tx.one(_SELECT, {"key": key})
         levels = None if row is None else BucketLevels(int(row[0]), int(row[1]), int(row[2]))

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from .controls import ensure_control_tables
 from .db import Database
 from .txn import read_tx, write_tx
 
@@ -46,7 +45,6 @@ class PromptDigestSeen:
 
 def digests_seen(db: Database, agent_name: str, prompt_version: str) -> list[PromptDigestSeen]:
     """Every digest seen under ``(agent_name, prompt_version)``, oldest first. Read-only."""
-    ensure_control_tables(db)
     with read_tx(db) as tx:
         rows = tx.all(_SELECT, {"agent": agent_name, "version": prompt_version})
     return [PromptDigestSeen(str(r[0]), str(r[1]), r[2]) for r in rows]
@@ -59,7 +57,6 @@ def remember_digest(
 
     Commits one write transaction.
     """
-    ensure_control_tables(db)
     with write_tx(db) as tx:
         tx.run(_INSERT, {"agent": agent_name, "version": prompt_version, "digest": prompt_digest,
                          "now": now, "run_id": run_id})

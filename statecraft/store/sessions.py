@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .controls import ensure_control_tables
 from .db import Database
 from .txn import Tx, read_tx, write_tx
 
@@ -82,7 +81,6 @@ def _entry(row: tuple[Any, ...]) -> SessionEntry:
 
 def load_session(db: Database, session_id: str) -> tuple[SessionEntry | None, list[SessionEntry]]:
     """The session's latest summary (if any) and the exchanges after what it covers, in order. Read-only."""
-    ensure_control_tables(db)
     with read_tx(db) as tx:
         found = tx.one(_LATEST_SUMMARY, {"sid": session_id})
         summary = None if found is None else _entry(found)
@@ -113,7 +111,6 @@ def write_entry(
     Returns:
         The entry's ``seq``.
     """
-    ensure_control_tables(db)
     values: dict[str, Any] = {
         "session_id": session_id, "kind": kind, "user_text": user_text, "assistant_text": assistant_text,
         "summary_text": summary_text, "covers_through": covers_through, "tokens": tokens,

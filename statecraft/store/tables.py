@@ -280,4 +280,4 @@ class SessionEntryRow(SQLModel, table=True):
 
 
 CONTROL_TABLES = (RateLimitBucketRow, CircuitBreakerRow, PromptDigestRow, SessionEntryRow)
-"""Tables of the controls in front of a model; created with the schema, or on first use in an older database."""
+"""Tables of the controls in front of a model; created with the schema (migration ``0003_model_controls``)."""

@@ -28,19 +28,30 @@ def test_a_new_database_has_the_control_tables(db_path: Path) -> None:
     assert CONTROL <= _tables(db_path)
 
 
-def test_a_database_made_before_them_gets_them_on_first_use(db_path: Path) -> None:
+def test_a_schema_2_database_gets_them_by_the_named_migration(db_path: Path) -> None:
+    import json
+
+    from statecraft import Engine
+    from statecraft.audit.verify import verify_ledger
+
     Database(db_path).close()
-    conn = sqlite3.connect(db_path)
+    conn = sqlite3.connect(db_path)  # as a statecraft of schema 2 left it
     for table in CONTROL:
         conn.execute(f"DROP TABLE {table}")
+    conn.execute("DELETE FROM statecraft_migration WHERE name = '0003_model_controls'")
+    conn.execute("UPDATE statecraft_meta SET value = '2' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
 
-    with Database(db_path) as db:
-        assert read_breaker(db, "anthropic:x") is None
-        assert reserve(RateLimit(requests_per_minute=60, key="k"), "k", 0, db).wait_us == 0
+    with Engine(db_path) as engine:
+        migrated = engine.events()[-1]
+        assert read_breaker(engine.db, "anthropic:x") is None
+        assert reserve(RateLimit(requests_per_minute=60, key="k"), "k", 0, engine.db).wait_us == 0
+        assert verify_ledger(engine.db).ok
 
     assert CONTROL <= _tables(db_path)
+    assert migrated.event_type == "ledger.migrated"
+    assert [m["name"] for m in json.loads(migrated.payload_json or "{}")["applied"]] == ["0003_model_controls"]
 
 
 def test_prompt_digests_are_remembered_once_per_agent_and_version(db_path: Path) -> None:
