@@ -141,9 +141,10 @@ machine = Machine(
              reads=["subject", "body", "plan"], writes=["queue", "priority", "reason"], retry=RETRY,
              timeout=timedelta(seconds=90), on_error="human",
              description="Claude picks the queue; errors, garbage and an open circuit go to a human"),
-        *[Step(q, holding_reply, writes=["queue", "reply"], may_finish=True, description=f"the {q} queue")
+        *[Step(q, holding_reply, writes=["queue", "reply"], may_finish=True, timeout=timedelta(seconds=5),
+               description=f"the {q} queue")
           for q in QUEUES],
-        Step("human", holding_reply, writes=["queue", "reply"], may_finish=True,
+        Step("human", holding_reply, writes=["queue", "reply"], may_finish=True, timeout=timedelta(seconds=5),
              description="a person triages what the model could not"),
     ],
 )
