@@ -630,13 +630,16 @@ class ClaudeAgent(Generic[O]):
         self._settle(ctx, call, call.estimated if no_answer else 0, error)
 
     def _settle(self, ctx: StepContext, call: _Call, used_tokens: int, error: BaseException | None) -> None:
+        """Tell the limiter what the call used and the breaker how it ended.
+
+        ``error`` ``None``: the API answered. An exception that is not an
+        ``LLMError`` (a bug, an SDK surprise) says nothing about the API's
+        health, so the breaker is not told (a probe's lease then runs out).
+        """
         if self.rate_limit is not None and call.reservation is not None:
             settle(self.rate_limit, call.reservation, used_tokens, ctx.database)
-        if self.breaker is not None and call.admission is not None:
-            breakers.record(
-                self.breaker, call.admission, ctx.database, ctx.now(),
-                error if isinstance(error, LLMError) else None, (ctx.run_id, ctx.step),
-            )
+        if self.breaker is not None and call.admission is not None and (error is None or isinstance(error, LLMError)):
+            breakers.record(self.breaker, call.admission, ctx.database, ctx.now(), error, (ctx.run_id, ctx.step))
 
     def _estimated_usage(self, call: _Call) -> Usage:
         return Usage(
