@@ -59,9 +59,11 @@ def test_twelve_runs_started_at_once_do_not_send_more_than_the_limit_allows(
     assert [r.status for r in runs] == [RunStatus.DONE] * 12
     arrivals = [r.at for r in fake_anthropic.requests]
     assert len(arrivals) == 12
-    # 4 per second with a burst of 4: 4 at once, then one every 250 ms.
-    assert _busiest(arrivals, 0.25) <= 5, sorted(a - min(arrivals) for a in arrivals)
-    assert max(arrivals) - min(arrivals) >= 1.8
+    # 4 per second with a burst of 4: 4 at once, then one every 250 ms (one more
+    # in a window allowed for scheduling jitter on a loaded machine).
+    offsets = sorted(round(a - min(arrivals), 3) for a in arrivals)
+    assert _busiest(arrivals, 0.25) <= 6 and _busiest(arrivals, 1.0) <= 9, offsets
+    assert max(arrivals) - min(arrivals) >= 1.8, offsets
     # Each wait is audited on the call's event, in the run it delayed.
     waits = sorted(
         _payload(e)["rate_limit"]["waited_ms"]
@@ -106,8 +108,9 @@ def test_processes_share_the_bucket_through_the_database(fake_anthropic: FakeAnt
 
     arrivals = [r.at for r in fake_anthropic.requests]
     assert len(arrivals) == 12
-    assert _busiest(arrivals, 0.25) <= 5, sorted(a - min(arrivals) for a in arrivals)
-    assert max(arrivals) - min(arrivals) >= 1.8
+    offsets = sorted(round(a - min(arrivals), 3) for a in arrivals)
+    assert _busiest(arrivals, 0.25) <= 6 and _busiest(arrivals, 1.0) <= 9, offsets
+    assert max(arrivals) - min(arrivals) >= 1.8, offsets
 
 
 def test_a_wait_longer_than_max_wait_fails_the_attempt_without_sending(
