@@ -7,21 +7,30 @@ The public API, and nothing else. Everything here is importable as
 from typing import Any
 
 from .agents.base import Agent, RecordedCall, StepContext, Usage
+from .agents.breaker import CircuitBreaker
+from .agents.canary import Canary
+from .agents.context import ContextBudget
 from .agents.errors import (
     AgentError,
     LLMAuthError,
     LLMBadRequest,
+    LLMCircuitOpen,
+    LLMContextOverBudget,
     LLMError,
+    LLMInvalidOutput,
     LLMNotFound,
     LLMOverloaded,
     LLMPermissionDenied,
     LLMProtocolError,
     LLMRateLimited,
+    LLMRateLimitWait,
     LLMSpendLimitReached,
     LLMTimeout,
     LLMUnavailable,
 )
+from .agents.limits import RateLimit
 from .agents.pricing import ModelPrice
+from .agents.session import Session
 from .aio import AsyncEngine
 from .engine import Engine, StepReport
 from .errors import (
@@ -72,7 +81,10 @@ __all__ = [
     "AsyncEngine",
     "AuditEvent",
     "Budget",
+    "Canary",
+    "CircuitBreaker",
     "ClaudeAgent",
+    "ContextBudget",
     "Database",
     "DefinitionError",
     "Engine",
@@ -86,11 +98,15 @@ __all__ = [
     "KeyringError",
     "LLMAuthError",
     "LLMBadRequest",
+    "LLMCircuitOpen",
+    "LLMContextOverBudget",
     "LLMError",
+    "LLMInvalidOutput",
     "LLMNotFound",
     "LLMOverloaded",
     "LLMPermissionDenied",
     "LLMProtocolError",
+    "LLMRateLimitWait",
     "LLMRateLimited",
     "LLMSpendLimitReached",
     "LLMTimeout",
@@ -106,6 +122,7 @@ __all__ = [
     "NotAuthenticated",
     "Outcome",
     "PendingApproval",
+    "RateLimit",
     "RecordedCall",
     "RequestApproval",
     "RetryPolicy",
@@ -113,6 +130,7 @@ __all__ = [
     "RunInfo",
     "RunNotFound",
     "RunStatus",
+    "Session",
     "SignatureRefused",
     "SigningKey",
     "StatecraftError",

@@ -28,10 +28,12 @@ differently (restore a backup, check the file, call a reviewer).
     │   ├── AdvanceInterrupted          the request committed; advancing it inline then stopped
     │   ├── RunMoved                    the run moved while a step ran (transition.py)
     │   └── AgentError                  an agent's call failed (agents/errors.py):
-    │       └── LLMError                  LLMUnavailable (LLMOverloaded, LLMTimeout),
-    │                                     LLMRateLimited, LLMProtocolError,
+    │       └── LLMError                  LLMUnavailable (LLMOverloaded, LLMTimeout,
+    │                                     LLMCircuitOpen), LLMRateLimited (LLMRateLimitWait),
+    │                                     LLMProtocolError, LLMInvalidOutput,
     │                                     LLMSpendLimitReached, LLMAuthError,
-    │                                     LLMPermissionDenied, LLMNotFound, LLMBadRequest
+    │                                     LLMPermissionDenied, LLMNotFound,
+    │                                     LLMBadRequest (LLMContextOverBudget)
     ├── StoreError                      the database cannot be used
     │   └── NotAStatecraftDatabase      the file is not (or not yet) a statecraft store
     └── LedgerError                     the audit ledger cannot be appended to / read

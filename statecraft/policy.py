@@ -60,6 +60,13 @@ class RetryPolicy:
             class matches its subclasses. An exception may also declare
             itself with a true ``non_retryable`` attribute (e.g.
             ``statecraft.agents.errors.LLMAuthError``).
+        retry_on_invalid_output: retry an attempt whose model answered with
+            output that does not validate (an error with a true
+            ``invalid_output`` attribute, e.g.
+            ``statecraft.agents.errors.LLMInvalidOutput``). Off by default:
+            the same prompt often draws the same bad answer, and each retry
+            is billed. Either way, attempts exhausted take the step's error
+            edge (``on_error``) like any other failure.
 
     Raises:
         ValueError: a bound is out of range.
@@ -71,6 +78,7 @@ class RetryPolicy:
     max_interval: timedelta = timedelta(seconds=60)
     jitter: float = 0.0
     non_retryable: frozenset[str] = field(default_factory=frozenset)
+    retry_on_invalid_output: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
@@ -101,10 +109,18 @@ class RetryPolicy:
         return timedelta(seconds=base)
 
     def is_retryable(self, exc: BaseException) -> bool:
-        """Whether ``exc`` may be retried: not marked ``non_retryable``, no listed class in its MRO."""
+        """Whether ``exc`` may be retried: not marked ``non_retryable``, no listed class in its MRO.
+
+        Invalid model output (``invalid_output`` true on the error) is
+        retryable exactly when ``retry_on_invalid_output`` is set, unless a
+        listed class name still refuses it.
+        """
+        listed = any(c.__name__ in self.non_retryable for c in type(exc).__mro__)
+        if getattr(exc, "invalid_output", False) is True:
+            return self.retry_on_invalid_output and not listed
         if getattr(exc, "non_retryable", False):
             return False
-        return not any(c.__name__ in self.non_retryable for c in type(exc).__mro__)
+        return not listed
 
     def describe(self) -> dict[str, Any]:
         """JSON form for the machine digest: integers and strings only (no floats)."""
@@ -115,6 +131,8 @@ class RetryPolicy:
             "max_ms": ms(self.max_interval),
             "jitter": repr(float(self.jitter)),
             "non_retryable": sorted(self.non_retryable),
+            # Only when set, so policies without it keep their machines' digests.
+            **({"retry_on_invalid_output": True} if self.retry_on_invalid_output else {}),
         }
 
 

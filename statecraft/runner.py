@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -568,7 +568,7 @@ class StepRunner:
             run_id=run_id, machine=machine.name, machine_version=machine.version, step=step.name,
             attempt=attempt, started_by=row["started_by"], load_task=load_task,
             clock=self.engine._clock, once=effects, parent_run_id=row["parent_run_id"],
-            run_seq=row["run_seq"], visit=live.visit_counts().get(step.name, 0),
+            run_seq=row["run_seq"], visit=live.visit_counts().get(step.name, 0), database=self.db,
         )
         timeout_s = None if step.timeout is None else step.timeout.total_seconds()
         deadline_cut = False
@@ -588,6 +588,9 @@ class StepRunner:
         machine, step, view, attempt = live.machine, call.step, call.view, call.attempt
         if result.lost:
             return None
+        if call.ctx.acting_agent is not None:
+            # A canary chose one of its versions: the step's event names that one.
+            step = replace(step, agent=call.ctx.acting_agent)
         view_is_state = step.reads is None  # the input is the whole state, stored already
         if result.timed_out and call.deadline_cut:
             elapsed = ms(self.engine._clock() - live.running_since) if live.running_since else 0

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from ..outcomes import Outcome
+    from ..store.db import Database
 
 __all__ = ["Agent", "RecordedCall", "StepContext", "Usage"]
 
@@ -129,6 +130,17 @@ class StepContext:
         parent_run_id: the delegating run, for sub-runs; else ``None``.
         visit: how many times this step had completed in this run before this
             execution (0 the first time); part of the idempotency key.
+        database: the engine's database, for statecraft's own controls in
+            front of a model (rate limits, circuit breakers, the prompt
+            registry, sessions: statecraft/agents/limits.py, breaker.py,
+            session.py), which share their state across runs and processes
+            through it. Agents never write run data through it. ``None``
+            outside an engine; the controls then keep their state in the
+            process.
+        acting_agent: set by an agent that hands the whole step to one of
+            several versions of an agent (:class:`statecraft.agents.canary.Canary`):
+            the one that acted, whose name and versions the step's audit
+            event records instead of the step's declared agent's.
     """
 
     def __init__(
@@ -146,6 +158,7 @@ class StepContext:
         parent_run_id: str | None = None,
         run_seq: int = 0,
         visit: int = 0,
+        database: Database | None = None,
     ) -> None:
         self.run_id = run_id
         self.machine = machine
@@ -161,6 +174,8 @@ class StepContext:
         self._once = once
         self._run_seq = run_seq
         self.visit = visit
+        self.database = database
+        self.acting_agent: Any = None
         self.usage = Usage()
         self.calls: list[RecordedCall] = []
 
@@ -175,6 +190,17 @@ class StepContext:
             self._task = self._load_task()
             self._task_loaded = True
         return self._task
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether the engine has abandoned this attempt (its timeout passed, or the lease was lost).
+
+        An agent still running on its thread after that is not waited for, and
+        whatever it does is dropped: a long agent should check this before
+        starting anything costly (a Claude agent checks it after waiting for a
+        rate-limit slot, so an abandoned attempt sends nothing).
+        """
+        return bool(getattr(self._once, "abandoned", False))
 
     def now(self) -> datetime:
         """The engine's clock (UTC, timezone-aware); injectable for deterministic tests."""
@@ -195,6 +221,30 @@ class StepContext:
         never counts it twice).
         """
         self.calls.append(call)
+
+    def start_call(self, provisional: RecordedCall) -> Callable[[RecordedCall], None]:
+        """Record a call about to be made, as it is to be audited if the attempt is abandoned meanwhile.
+
+        For calls that are billed even when nobody waits for their answer
+        (an LLM request cut off by the step's timeout): the engine audits
+        whatever this attempt recorded at the moment it abandons it, so the
+        provisional record (e.g. outcome ``timeout`` with the estimated input
+        tokens) is what the ledger keeps for a call still in flight then.
+
+        Args:
+            provisional: the record to keep if the call never finishes.
+
+        Returns:
+            ``finish(final)``: replaces the provisional record with the final
+            one. Call it exactly once, when the call ended either way.
+        """
+        index = len(self.calls)
+        self.calls.append(provisional)
+
+        def finish(final: RecordedCall) -> None:
+            self.calls[index] = final
+
+        return finish
 
     def idempotency_key(self, name: str) -> str:
         """A key for side effect ``name``, stable across retries and resumes of this step.

@@ -9,22 +9,41 @@ Each call:
 2. calls ``client.messages.create`` once, through the official ``anthropic``
    SDK with its own retries off (``max_retries=0``): retrying is the engine's
    job, under the step's retry policy;
-3. records the tokens and their cost (:mod:`statecraft.agents.pricing`) with
-   ``ctx.record_usage`` — also when the answer turns out to be unusable;
+3. records the call **whole**, as its own ``agent.called`` event
+   (``ctx.record_call``): the prompt's digest and body (a blob whose hash
+   *is* the digest), the raw answer (a blob), ``stop_reason``, the model
+   requested and the model that answered, tokens, their cost
+   (:mod:`statecraft.agents.pricing`) and latency — also when the call fails
+   (the requested model is kept) or the answer is unusable, and, with its
+   estimated input tokens, when the attempt is abandoned at its timeout
+   before the answer came (the request was billed all the same). The
+   step's own event carries no usage of its own, so each call is counted
+   once in the run's totals;
 4. validates the structured answer against the agent's pydantic ``output``
    model, and hands it to ``decide(state_view, output, ctx)``, a plain function
    that returns the outcome (e.g. ``Goto("review", update={...})``).
 
+In front of the call, optional controls (docs/agents.md): a context budget
+(:mod:`~statecraft.agents.context`: cut what the policy allows, or fail
+before sending), a rate limit (:mod:`~statecraft.agents.limits`: wait for a
+slot shared by every run and process), a circuit breaker
+(:mod:`~statecraft.agents.breaker`: fail fast while the API keeps failing),
+a session (:mod:`~statecraft.agents.session`: the conversation so far), and
+always the prompt registry (:mod:`~statecraft.agents.prompts`: a digest
+changed under an unchanged ``prompt_version`` is flagged on the event).
+
 Failures, by who can fix them:
 
-- the API call fails (HTTP error, timeout, connection): raises an
-  :class:`~statecraft.agents.errors.LLMError` subclass that says whether it is
-  retryable (:mod:`statecraft.agents.errors`);
-- the model answers but the answer does not validate: returns
-  ``Fail(error_code="invalid_llm_output")`` with the precise reason — a model
-  that produces garbage fails the run, it never crashes the engine;
+- the API call fails (HTTP error, timeout, connection), or a control stops
+  it before sending: raises an :class:`~statecraft.agents.errors.LLMError`
+  subclass that says whether it is retryable (:mod:`statecraft.agents.errors`);
+- the model answers but the answer does not validate: raises
+  ``LLMInvalidOutput`` (``error_code="invalid_llm_output"``) with the precise
+  reason — an attempt failure, so the step's retry policy
+  (``retry_on_invalid_output``) and its error edge apply; a model that
+  produces garbage never crashes the engine;
 - the model refuses (``stop_reason == "refusal"``): returns
-  ``Fail(error_code="llm_refusal")``.
+  ``Fail(error_code="llm_refusal")``, a decision, not an error.
 
 Structured output is requested one of two ways (``structured_output=``):
 
@@ -59,23 +78,42 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import timedelta
 from string import Template
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from .._time import format_utc
 from ..errors import DefinitionError
+from ..execution import AttemptAbandoned
 from ..outcomes import Fail, Outcome
+from ..store.blobs import blob_json, sha256_hex
 from ..tracing import SpanHandle, span
-from .base import StepContext, Usage
-from .errors import LLMAuthError, LLMError, LLMProtocolError, _convert, _sdk_errors
+from . import breaker as breakers
+from .base import RecordedCall, StepContext, Usage
+from .breaker import Admission, CircuitBreaker
+from .context import ContextBudget, TokenCounter, estimate_tokens, fit
+from .errors import (
+    LLMAuthError,
+    LLMContextOverBudget,
+    LLMError,
+    LLMInvalidOutput,
+    LLMProtocolError,
+    LLMTimeout,
+    _convert,
+    _sdk_errors,
+)
+from .limits import RateLimit, Reservation, reserve, settle
+from .prompts import check_prompt
+from .session import History, Session, open_history, remember
 
 if TYPE_CHECKING:
     import anthropic
@@ -144,6 +182,18 @@ class ClaudeAgent(Generic[O]):
             (``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``, …).
         api_key: API key for the built client.
         base_url: API base URL for the built client.
+        rate_limit: wait for a slot of this limit before each call
+            (statecraft/agents/limits.py); shared by every run and process
+            on the engine's database.
+        breaker: fail fast while this circuit breaker is open
+            (statecraft/agents/breaker.py).
+        context_budget: most input tokens per call, and what may be cut to
+            stay within it (statecraft/agents/context.py).
+        session: keep a conversation across turns and runs
+            (statecraft/agents/session.py).
+        token_counter: ``(request) -> input tokens`` for the budget, the
+            limiter and abandoned calls; default
+            :func:`~statecraft.agents.context.estimate_tokens` (conservative).
 
     Raises:
         DefinitionError: an argument is invalid (at construction, not at run time).
@@ -172,6 +222,11 @@ class ClaudeAgent(Generic[O]):
         client: anthropic.Anthropic | None = None,
         api_key: str | None = None,
         base_url: str | None = None,
+        rate_limit: RateLimit | None = None,
+        breaker: CircuitBreaker | None = None,
+        context_budget: ContextBudget | None = None,
+        session: Session | None = None,
+        token_counter: TokenCounter | None = None,
     ) -> None:
         anthropic = _anthropic()
         problems: list[str] = []
@@ -214,6 +269,15 @@ class ClaudeAgent(Generic[O]):
             problems.append("max_task_chars must be a non-negative integer or None")
         if not isinstance(timeout, timedelta) or timeout <= timedelta(0):
             problems.append("timeout must be a positive timedelta")
+        controls: tuple[tuple[str, object, type], ...] = (
+            ("rate_limit", rate_limit, RateLimit), ("breaker", breaker, CircuitBreaker),
+            ("context_budget", context_budget, ContextBudget), ("session", session, Session),
+        )
+        for label, control, kind in controls:
+            if control is not None and not isinstance(control, kind):
+                problems.append(f"{label} must be a {kind.__name__} or None")
+        if token_counter is not None and not callable(token_counter):
+            problems.append("token_counter must be callable or None")
         if problems:
             raise DefinitionError(
                 f"ClaudeAgent {agent_name!r} is invalid: " + "; ".join(problems)
@@ -249,6 +313,13 @@ class ClaudeAgent(Generic[O]):
         )
         description = (output.__doc__ or "").strip()
         self._tool_description = description or f"Record the {output.__name__} result."
+        self.rate_limit = rate_limit
+        self.breaker = breaker
+        self.context_budget = context_budget
+        self.session = session
+        self.count_tokens: TokenCounter = token_counter or estimate_tokens
+        self.limiter_key = (rate_limit.key if rate_limit and rate_limit.key else None) or f"anthropic:{model}"
+        self.breaker_name = (breaker.name if breaker and breaker.name else None) or f"anthropic:{model}"
 
     # -- what is sent ---------------------------------------------------------
 
@@ -257,11 +328,19 @@ class ClaudeAgent(Generic[O]):
         """SHA-256 (hex) of everything that shapes the model's answer except the input.
 
         Model, system prompt, template, output schema, structured-output mode,
-        tool name, ``max_tokens`` and ``effort``. Pin it in a test next to
+        tool name, ``max_tokens`` and ``effort``: :meth:`prompt_material`.
+        It is also the hash of the blob each call's ``agent.called`` event
+        stores as its input (``input_sha256``), so the prompt's body is in
+        the ledger once, however many calls use it. Pin it in a test next to
         ``prompt_version`` so that editing the prompt without bumping the
-        version fails the build.
+        version fails the build; at run time such an edit is flagged on the
+        calls' events (statecraft/agents/prompts.py).
         """
-        material = {
+        return sha256_hex(blob_json(self.prompt_material()))
+
+    def prompt_material(self) -> dict[str, Any]:
+        """The prompt as data (what :attr:`prompt_digest` hashes; the body of each call's input blob). Pure."""
+        return {
             "model": self.model,
             "system": self.system,
             "prompt": self.prompt,
@@ -271,13 +350,13 @@ class ClaudeAgent(Generic[O]):
             "max_tokens": self.max_tokens,
             "effort": self.effort,
         }
-        canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(canonical.encode()).hexdigest()
 
     def render(self, state: Any, task: Any) -> str:
         """The user message for ``state`` (the step's view) and ``task`` (the run's input). Pure."""
-        task_text = self._task_text(task)
-        state_text = _state_json(state)
+        return self._render(self._task_text(task), _state_data(state))
+
+    def _render(self, task_text: str, state_data: Any) -> str:
+        state_text = json.dumps(state_data, ensure_ascii=False, sort_keys=True, indent=2, default=str)
         identifiers = set(self._template.get_identifiers())
         blocks = []
         if "task" not in identifiers:
@@ -288,12 +367,17 @@ class ClaudeAgent(Generic[O]):
         return "\n\n".join([*blocks, body]) if body.strip() else "\n\n".join(blocks)
 
     def request(self, state: Any, task: Any) -> dict[str, Any]:
-        """The keyword arguments of ``messages.create`` for this input. Pure; for inspection."""
+        """The keyword arguments of ``messages.create`` for this input (no session, no budget). Pure; for inspection."""
+        return self._params(self.render(state, task), None)
+
+    def _params(self, user_text: str, history: History | None) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": self.model,
             "max_tokens": self.max_tokens,
-            "system": self.system,
-            "messages": [{"role": "user", "content": self.render(state, task)}],
+            "system": self.system if history is None else history.system(self.system),
+            "messages": (
+                [{"role": "user", "content": user_text}] if history is None else history.messages(user_text)
+            ),
         }
         output_config: dict[str, Any] = {}
         if self.effort is not None:
@@ -318,23 +402,37 @@ class ClaudeAgent(Generic[O]):
     def __call__(self, state: Any, ctx: StepContext, /) -> Outcome:
         """Call Claude once for this step and decide the outcome.
 
-        Side effects: one HTTP request; ``ctx.record_usage`` once per answer.
+        Side effects: at most one HTTP request; one ``agent.called`` record
+        (``ctx.record_call``) for it; the controls' bookkeeping in the
+        engine's database (module docstring).
 
         Raises:
-            LLMError: the call failed (a subclass says which way and whether it
-                is retryable); nothing was recorded.
+            LLMError: the call failed, or a control stopped it before sending
+                (a subclass says which way and whether it is retryable).
+            LLMInvalidOutput: the answer does not validate.
             LLMProtocolError: the API answered with something that is not a
                 Messages API response (retryable).
         """
-        params = self.request(state, ctx.task)
+        client = self._client if self._client is not None else self._build_client()
+        call = self._prepare(state, ctx)
+        wait_s = self._reserve(ctx, call)
+        if wait_s > 0:
+            time.sleep(wait_s)
+            if ctx.abandoned:
+                # Abandoned at its timeout while waiting (this thread is no longer
+                # waited for): sending now would be a billed call nobody reads.
+                raise AttemptAbandoned("not sent: the attempt was abandoned while waiting for a rate-limit slot")
+        self._admit(ctx, call)
         with self._chat_span(ctx) as chat:
             try:
-                client = self._client if self._client is not None else self._build_client()
-                response = client.messages.create(**params, timeout=self.timeout.total_seconds())
+                response = client.messages.create(**call.params, timeout=self.timeout.total_seconds())
             except _sdk_errors() as exc:
-                raise self._error(exc, ctx) from exc
+                raise self._error(exc, ctx, call) from exc
+            except Exception as exc:
+                self._failed(ctx, call, exc)
+                raise
             _note_response(chat, response)
-        return self._conclude(response, state, ctx)
+        return self._conclude(response, state, ctx, call)
 
     def _chat_span(self, ctx: StepContext) -> AbstractContextManager[SpanHandle]:
         """The ``chat {model}`` client span of one Messages API call (OpenTelemetry GenAI conventions)."""
@@ -346,14 +444,109 @@ class ClaudeAgent(Generic[O]):
             "statecraft.run_id": ctx.run_id, "statecraft.step": ctx.step,
         }, kind="client")
 
-    def _error(self, exc: BaseException, ctx: StepContext) -> LLMError:
-        return _convert(exc, run_id=ctx.run_id, step=ctx.step, agent_name=self.agent_name, model_id=self.model)
+    def _error(self, exc: BaseException, ctx: StepContext, call: _Call | None = None) -> LLMError:
+        """The SDK error as ours; with ``call``, also the failed call's record and the controls' bookkeeping."""
+        error = _convert(exc, run_id=ctx.run_id, step=ctx.step, agent_name=self.agent_name, model_id=self.model)
+        if call is not None:
+            self._failed(ctx, call, error)
+        return error
 
-    def _conclude(self, response: Any, state: Any, ctx: StepContext) -> Outcome:
-        """Record usage, validate the answer and decide; shared by the sync and async calls."""
+    # -- before sending: the controls ---------------------------------------------
+
+    def _prepare(self, state: Any, ctx: StepContext) -> _Call:
+        """Build the request: session history, context budget, prompt registry, breaker check.
+
+        Blocking (database reads; a session compaction writes).
+
+        Raises:
+            LLMContextOverBudget: over the budget after every declared cut; not sent.
+            LLMCircuitOpen: the breaker is open and cooling down; not sent.
+        """
+        history = None
+        if self.session is not None:
+            count = self.count_tokens
+            history = open_history(
+                self.session, state, ctx, agent_name=self.agent_name, agent_version=self.agent_version,
+                count=lambda text: count({"messages": [{"role": "user", "content": text}]}),
+            )
+
+        def build(task_text: str, state_data: Any) -> dict[str, Any]:
+            return self._params(self._render(task_text, state_data), history)
+
+        fitted = fit(self.context_budget, self.count_tokens, build, self._task_text(ctx.task), _state_data(state))
+        digest = self.prompt_digest
+        payload: dict[str, Any] = {
+            "prompt_digest": digest,
+            "request_sha256": sha256_hex(blob_json(fitted.params)),
+            "model_requested": self.model,
+            "input_tokens_estimated": fitted.tokens,
+        }
+        if self.context_budget is not None:
+            payload["context"] = {
+                "budget_tokens": self.context_budget.max_input_tokens, "tokens_before": fitted.tokens_before,
+                "tokens_sent": fitted.tokens, "cuts": [c.describe() for c in fitted.cuts],
+            }
+        if history is not None:
+            payload["session"] = history.describe()
+        if not fitted.fits:
+            assert self.context_budget is not None
+            cut = ", ".join(c.part for c in fitted.cuts) or "nothing (the policy allows no cut)"
+            raise LLMContextOverBudget(
+                f"{self.model}: input of ~{fitted.tokens} tokens is over the context budget of "
+                f"{self.context_budget.max_input_tokens} after cutting {cut}; not sent",
+                budget_tokens=self.context_budget.max_input_tokens, estimated_tokens=fitted.tokens,
+                run_id=ctx.run_id, step=ctx.step, agent_name=self.agent_name, model_id=self.model,
+            )
+        payload.update(check_prompt(
+            ctx.database, self.agent_name, self.prompt_version, digest, format_utc(ctx.now()), ctx.run_id,
+        ).payload())
+        if self.breaker is not None:
+            breakers.check(self.breaker, self.breaker_name, ctx.database, ctx.now())
+        user_text = fitted.params["messages"][-1]["content"]
+        return _Call(fitted.params, user_text, fitted.tokens, payload, history)
+
+    def _reserve(self, ctx: StepContext, call: _Call) -> float:
+        """Reserve a rate-limit slot; the seconds to wait before sending (0 without a limit).
+
+        Raises:
+            LLMRateLimitWait: the wait would exceed the limit's ``max_wait``; not sent.
+        """
+        if self.rate_limit is None:
+            return 0.0
+        call.reservation = reserve(self.rate_limit, self.limiter_key, call.estimated, ctx.database)
+        call.payload["rate_limit"] = {"key": self.limiter_key, "waited_ms": call.reservation.waited_ms}
+        return call.reservation.wait_us / 1_000_000
+
+    def _admit(self, ctx: StepContext, call: _Call) -> None:
+        """Pass the breaker, then record the call as in flight (what an abandoned attempt keeps).
+
+        Raises:
+            LLMCircuitOpen: the breaker opened meanwhile, or another call is its probe; not sent.
+        """
+        if self.breaker is not None:
+            call.admission = breakers.admit(
+                self.breaker, self.breaker_name, ctx.database, ctx.now(),
+                self.breaker.probe_timeout or self.timeout, (ctx.run_id, ctx.step),
+            )
+            if call.admission.probe:
+                call.payload["breaker_probe"] = True
+        call.started = time.perf_counter()
+        call.finish = ctx.start_call(self._record(
+            ctx, call, outcome="timeout", usage=self._estimated_usage(call), error_code="timeout",
+            reason="no answer before the attempt was abandoned; input tokens estimated",
+            extra={"usage_estimated": True},
+        ))
+
+    # -- after the call -------------------------------------------------------------
+
+    def _conclude(self, response: Any, state: Any, ctx: StepContext, call: _Call) -> Outcome:
+        """Record the call, validate the answer and decide; shared by the sync and async calls.
+
+        Blocking (the controls' bookkeeping; a session exchange is written).
+        """
         content = getattr(response, "content", None)
         if not isinstance(content, list):
-            raise LLMProtocolError(
+            error = LLMProtocolError(
                 f"{self.model}: response is not a Messages API response (no content list)",
                 run_id=ctx.run_id,
                 step=ctx.step,
@@ -361,32 +554,125 @@ class ClaudeAgent(Generic[O]):
                 model_id=self.model,
                 request_id=_request_id(response),
             )
+            self._failed(ctx, call, error)
+            raise error
         served_by = getattr(response, "model", None)
         model_id = served_by if isinstance(served_by, str) and served_by else self.model
         tokens = TokenCounts.from_usage(getattr(response, "usage", None) or {})
-        ctx.record_usage(
-            Usage(
-                tokens_in=tokens.total_input,
-                tokens_out=tokens.output,
-                cost_micros=cost_micros(model_id, tokens, self.prices) or 0,
-                model_provider=self.model_provider,
-                model_id=model_id,
-                prompt_version=self.prompt_version,
-            )
+        usage = Usage(
+            tokens_in=tokens.total_input,
+            tokens_out=tokens.output,
+            cost_micros=cost_micros(model_id, tokens, self.prices) or 0,
+            model_provider=self.model_provider,
+            model_id=model_id,
+            prompt_version=self.prompt_version,
         )
-
         stop_reason = getattr(response, "stop_reason", None)
+        answered = {
+            "model_answered": served_by if isinstance(served_by, str) else None,
+            "stop_reason": stop_reason if isinstance(stop_reason, str) else None,
+            "request_id": _request_id(response),
+            "response_id": _str(getattr(response, "id", None)),
+        }
+        self._settle(ctx, call, tokens.total_input + tokens.output, None)
+        raw = _raw(response)
+
+        def finish(outcome: str, error_code: str | None = None, reason: str | None = None) -> None:
+            assert call.finish is not None
+            call.finish(self._record(ctx, call, outcome=outcome, usage=usage, error_code=error_code,
+                                     reason=reason, output=raw, extra=answered))
+
         if stop_reason == "refusal":
+            finish("failure", "llm_refusal", f"{model_id} refused to answer (stop_reason=refusal)")
             return Fail(
                 _clip(f"{model_id} refused to answer (stop_reason=refusal)"),
                 error_code="llm_refusal",
             )
         parsed = self._parse(content, stop_reason)
-        if isinstance(parsed, Fail):
-            return parsed
+        if isinstance(parsed, str):
+            finish("failure", LLMInvalidOutput.error_code, parsed)
+            raise LLMInvalidOutput(
+                _clip(f"{model_id}: {parsed}"), stop_reason=answered["stop_reason"], run_id=ctx.run_id,
+                step=ctx.step, agent_name=self.agent_name, model_id=model_id, request_id=answered["request_id"],
+            )
+        finish("success")
+        if call.history is not None:
+            remember(
+                call.history, ctx, call.user_text, parsed.model_dump(mode="json"), agent_name=self.agent_name,
+                agent_version=self.agent_version, tokens=tokens.output,
+            )
         return self.decide(state, parsed, ctx)
 
-    def _parse(self, content: list[Any], stop_reason: Any) -> O | Fail:
+    def _failed(self, ctx: StepContext, call: _Call, error: BaseException) -> None:
+        """Record a call that got no usable answer, and tell the controls.
+
+        A timeout without any answer keeps the estimated input tokens (the
+        request was sent, and is billed); an HTTP error answer used none.
+        """
+        if call.finish is None:
+            return  # never sent
+        no_answer = isinstance(error, LLMTimeout) and error.status_code is None
+        extra: dict[str, Any] = {}
+        if isinstance(error, LLMError):
+            extra = {"status_code": error.status_code, "request_id": error.request_id,
+                     "api_error_type": error.api_error_type}
+        if no_answer:
+            extra["usage_estimated"] = True
+        usage = self._estimated_usage(call) if no_answer else Usage(
+            model_provider=self.model_provider, model_id=self.model, prompt_version=self.prompt_version,
+        )
+        code = getattr(error, "error_code", None)
+        call.finish(self._record(
+            ctx, call, outcome="timeout" if isinstance(error, LLMTimeout) else "failure", usage=usage,
+            error_code=code if isinstance(code, str) else "agent_error",
+            reason=f"{type(error).__name__}: {error}", extra=extra,
+        ))
+        self._settle(ctx, call, call.estimated if no_answer else 0, error)
+
+    def _settle(self, ctx: StepContext, call: _Call, used_tokens: int, error: BaseException | None) -> None:
+        """Tell the limiter what the call used and the breaker how it ended.
+
+        ``error`` ``None``: the API answered. An exception that is not an
+        ``LLMError`` (a bug, an SDK surprise) says nothing about the API's
+        health, so the breaker is not told (a probe's lease then runs out).
+        """
+        if self.rate_limit is not None and call.reservation is not None:
+            settle(self.rate_limit, call.reservation, used_tokens, ctx.database)
+        if self.breaker is not None and call.admission is not None and (error is None or isinstance(error, LLMError)):
+            breakers.record(self.breaker, call.admission, ctx.database, ctx.now(), error, (ctx.run_id, ctx.step))
+
+    def _estimated_usage(self, call: _Call) -> Usage:
+        return Usage(
+            tokens_in=call.estimated,
+            cost_micros=cost_micros(self.model, TokenCounts(input=call.estimated), self.prices) or 0,
+            model_provider=self.model_provider,
+            model_id=self.model,
+            prompt_version=self.prompt_version,
+        )
+
+    def _record(
+        self, ctx: StepContext, call: _Call, *, outcome: str, usage: Usage, error_code: str | None = None,
+        reason: str | None = None, output: Any = None, extra: Mapping[str, Any] | None = None,
+    ) -> RecordedCall:
+        """The call's ``agent.called`` record: prompt blob in, raw answer out, the detail in the payload."""
+        payload = {**call.payload, **{k: v for k, v in (extra or {}).items() if v is not None}}
+        return RecordedCall(
+            event_type="agent.called",
+            name=self.agent_name,
+            version=self.agent_version,
+            outcome=outcome,
+            reason=None if reason is None else _clip(reason),
+            error_code=error_code,
+            latency_ms=int((time.perf_counter() - call.started) * 1000),
+            attempt=ctx.attempt,
+            usage=usage,
+            input=self.prompt_material(),
+            output=output,
+            payload=payload,
+        )
+
+    def _parse(self, content: list[Any], stop_reason: Any) -> O | str:
+        """The validated result, or why the answer does not validate."""
         cut = (
             f" (stopped at max_tokens={self.max_tokens}; raise max_tokens)"
             if stop_reason == "max_tokens"
@@ -400,25 +686,25 @@ class ClaudeAgent(Generic[O]):
             ]
             if not blocks:
                 kinds = [str(_field(b, "type")) for b in content]
-                return _invalid(f"no {self.tool_name!r} tool call in the answer; got {kinds}{cut}")
+                return f"no {self.tool_name!r} tool call in the answer; got {kinds}{cut}"
             raw: Any = _field(blocks[0], "input")
         else:
             texts = [_field(b, "text") for b in content if _field(b, "type") == "text"]
             text = "".join(t for t in texts if isinstance(t, str)).strip()
             if not text:
                 kinds = [str(_field(b, "type")) for b in content]
-                return _invalid(f"no text in the answer; got {kinds}{cut}")
+                return f"no text in the answer; got {kinds}{cut}"
             try:
                 raw = json.loads(text)
             except json.JSONDecodeError as exc:
-                return _invalid(f"answer is not JSON: {exc.msg} at char {exc.pos}{cut}")
+                return f"answer is not JSON: {exc.msg} at char {exc.pos}{cut}"
         try:
             return self.output.model_validate(raw)
         except ValidationError as exc:
             errors = exc.errors()
             first = errors[0]
             loc = ".".join(str(p) for p in first["loc"]) or "(root)"
-            return _invalid(
+            return (
                 f"answer does not match {self.output.__name__}: {len(errors)} error(s); "
                 f"first at {loc!r}: {first['msg']}{cut}"
             )
@@ -488,19 +774,32 @@ class AsyncClaudeAgent(ClaudeAgent[O]):
     async def __call__(self, state: Any, ctx: StepContext, /) -> Outcome:  # type: ignore[override]
         """Call Claude once for this step and decide the outcome (awaitable).
 
+        The controls' database work runs in a worker thread, and a rate-limit
+        wait is ``asyncio.sleep``: the event loop is never blocked. Cancelled
+        at the step's timeout, the call keeps its in-flight record (estimated
+        input tokens: the request was billed).
+
         Raises:
-            LLMError: the call failed (retryable or not, per its class).
+            LLMError: the call failed, or a control stopped it before sending.
+            LLMInvalidOutput: the answer does not validate.
             LLMProtocolError: the API answered with something that is not a Messages API response.
         """
-        params = self.request(state, ctx.task)
+        client = self._client if self._client is not None else self._async_client()
+        call = await asyncio.to_thread(self._prepare, state, ctx)
+        wait_s = await asyncio.to_thread(self._reserve, ctx, call)
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+        await asyncio.to_thread(self._admit, ctx, call)
         with self._chat_span(ctx) as chat:
             try:
-                client = self._client if self._client is not None else self._async_client()
-                response = await client.messages.create(**params, timeout=self.timeout.total_seconds())
+                response = await client.messages.create(**call.params, timeout=self.timeout.total_seconds())
             except _sdk_errors() as exc:
-                raise self._error(exc, ctx) from exc
+                raise self._error(exc, ctx, call) from exc
+            except Exception as exc:
+                self._failed(ctx, call, exc)
+                raise
             _note_response(chat, response)
-        return self._conclude(response, state, ctx)
+        return await asyncio.to_thread(self._conclude, response, state, ctx, call)
 
     def _async_client(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -535,14 +834,13 @@ def _note_response(chat: SpanHandle, response: Any) -> None:
     })
 
 
-def _state_json(state: Any) -> str:
+def _state_data(state: Any) -> Any:
+    """The state view as JSON-compatible data (what the prompt shows as ``<state>``)."""
     if isinstance(state, BaseModel):
-        data: Any = state.model_dump(mode="json")
-    elif isinstance(state, Mapping):
-        data = dict(state)
-    else:
-        data = state
-    return json.dumps(data, ensure_ascii=False, sort_keys=True, indent=2, default=str)
+        return state.model_dump(mode="json")
+    if isinstance(state, Mapping):
+        return dict(state)
+    return state
 
 
 def _field(block: Any, name: str) -> Any:
@@ -556,8 +854,34 @@ def _request_id(response: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _invalid(reason: str) -> Fail:
-    return Fail(_clip(reason), error_code="invalid_llm_output")
+def _raw(response: Any) -> Any:
+    """The answer as the API sent it (JSON-compatible), for the call's output blob."""
+    dump = getattr(response, "model_dump", None)
+    if callable(dump):
+        try:
+            return dump(mode="json")
+        except Exception:  # a stand-in object or a future SDK shape: keep what can be kept
+            pass
+    return {"repr": repr(response)[:2000]}
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+@dataclass
+class _Call:
+    """One call in the making: the request, what the controls decided, and its in-flight record."""
+
+    params: dict[str, Any]
+    user_text: str
+    estimated: int  # input tokens, as counted before sending
+    payload: dict[str, Any]  # audit detail shared by every record of the call
+    history: History | None
+    reservation: Reservation | None = None
+    admission: Admission | None = None
+    started: float = 0.0
+    finish: Callable[[RecordedCall], None] | None = None
 
 
 def _clip(text: str) -> str:

@@ -8,14 +8,20 @@ Part of the "the run went wrong" branch of :mod:`statecraft.errors`::
         └── LLMError                a call to a model provider failed            (model_id, status_code, …)
             ├── LLMUnavailable      retryable: 5xx, connection failure, 409
             │   ├── LLMOverloaded   retryable: 529 overloaded_error
-            │   └── LLMTimeout      retryable: client timeout, 408, 499, 504
+            │   ├── LLMTimeout      retryable: client timeout, 408, 499, 504
+            │   └── LLMCircuitOpen  retryable: our circuit breaker is open; not sent  (retry_after)
             ├── LLMRateLimited      retryable: 429 rate_limit_error              (retry_after)
+            │   └── LLMRateLimitWait  retryable: our rate limiter's wait would exceed max_wait; not sent
             ├── LLMProtocolError    retryable: the response is not the API's shape
+            ├── LLMInvalidOutput       retryable only by policy (``retry_on_invalid_output``):
+            │                          the answer does not validate against the output model
             ├── LLMSpendLimitReached   not retryable: 402, spend limits — a human must act
             ├── LLMAuthError           not retryable: 401, missing/invalid credentials
             ├── LLMPermissionDenied    not retryable: 403, account or key configuration
             ├── LLMNotFound            not retryable: 404, e.g. an unknown model id
             └── LLMBadRequest          not retryable: 400, 412, 413, 422, 431, 501
+                └── LLMContextOverBudget  not retryable: the input exceeds the call's
+                                          context budget even after the declared cuts; not sent
 
 Retryability is data on the error (``non_retryable``, read by
 :meth:`statecraft.RetryPolicy.is_retryable`); the engine decides whether to
@@ -27,6 +33,12 @@ encryption key, an organisation on hold) or the status is permanent (501).
 
 ``error_code`` (class attribute, ``snake_case``) is the stable code the engine
 writes to the audit log when the run fails with the error.
+
+Four classes are not conversions of SDK errors but statecraft's own
+verdicts about a call (the controls in front of the model, and the answer's
+validation): ``LLMCircuitOpen``, ``LLMRateLimitWait`` and
+``LLMContextOverBudget`` stop a call before it is sent; ``LLMInvalidOutput``
+judges an answer. They sit under the class whose handling they share.
 
 :func:`_convert` is the only place an ``anthropic`` exception becomes one of
 ours; ``tests/agents/test_claude_agent.py`` checks that every exception class
@@ -46,11 +58,15 @@ __all__ = [
     "AgentError",
     "LLMAuthError",
     "LLMBadRequest",
+    "LLMCircuitOpen",
+    "LLMContextOverBudget",
     "LLMError",
+    "LLMInvalidOutput",
     "LLMNotFound",
     "LLMOverloaded",
     "LLMPermissionDenied",
     "LLMProtocolError",
+    "LLMRateLimitWait",
     "LLMRateLimited",
     "LLMSpendLimitReached",
     "LLMTimeout",
@@ -209,6 +225,72 @@ class LLMBadRequest(LLMError):
 
     error_code = "llm_bad_request"
     summary = "bad request"
+
+
+class LLMCircuitOpen(LLMUnavailable):
+    """The circuit breaker guarding the model's API is open; the call was not sent.
+
+    Retryable: ``retry_after`` is when the breaker lets a probe call through
+    (statecraft/agents/breaker.py). Attributes: ``breaker``, the breaker's name.
+    """
+
+    error_code = "circuit_open"
+    summary = "circuit open"
+
+    def __init__(self, message: str, *, breaker: str, **kwargs: Any) -> None:
+        self.breaker = breaker
+        super().__init__(message, **kwargs)
+
+
+class LLMRateLimitWait(LLMRateLimited):
+    """Our own rate limiter would make the call wait longer than its ``max_wait``; not sent.
+
+    Retryable: ``retry_after`` is the wait the limiter asked for
+    (statecraft/agents/limits.py). Attributes: ``limiter_key``.
+    """
+
+    error_code = "rate_limit_wait_exceeded"
+    summary = "rate limit wait too long"
+
+    def __init__(self, message: str, *, limiter_key: str, **kwargs: Any) -> None:
+        self.limiter_key = limiter_key
+        super().__init__(message, **kwargs)
+
+
+class LLMContextOverBudget(LLMBadRequest):
+    """The call's input exceeds its context budget even after the declared cuts; not sent.
+
+    Not retryable: the same input would be over budget again
+    (statecraft/agents/context.py). Attributes: ``budget_tokens``,
+    ``estimated_tokens`` (after the cuts).
+    """
+
+    error_code = "context_over_budget"
+    summary = "context over budget"
+
+    def __init__(self, message: str, *, budget_tokens: int, estimated_tokens: int, **kwargs: Any) -> None:
+        self.budget_tokens = budget_tokens
+        self.estimated_tokens = estimated_tokens
+        super().__init__(message, **kwargs)
+
+
+class LLMInvalidOutput(LLMError):
+    """The model answered, but the answer does not validate (not JSON, wrong schema, cut at ``max_tokens``).
+
+    An attempt failure like any other, so it reaches the step's retry policy
+    and error edge. Not retryable unless the policy says
+    ``retry_on_invalid_output=True`` (:meth:`statecraft.RetryPolicy.is_retryable`
+    reads ``invalid_output``): the same prompt often gets the same answer.
+    Attributes: ``stop_reason``.
+    """
+
+    error_code = "invalid_llm_output"
+    summary = "answer does not validate"
+    invalid_output = True
+
+    def __init__(self, message: str, *, stop_reason: str | None = None, **kwargs: Any) -> None:
+        self.stop_reason = stop_reason
+        super().__init__(message, **kwargs)
 
 
 # SDK class name -> ours. Every AnthropicError subclass that ``anthropic``

@@ -361,6 +361,7 @@ class Database:
                         tables.BlobRow,
                         tables.SideEffectRow,
                         tables.AuditEventRow,
+                        *tables.CONTROL_TABLES,
                     )
                 ],
             )

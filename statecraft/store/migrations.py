@@ -72,9 +72,21 @@ def _migration_table(conn: Connection) -> None:
     tables.MigrationRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
+def _model_controls(conn: Connection) -> None:
+    from . import tables
+
+    for table in tables.CONTROL_TABLES:
+        table.__table__.create(conn, checkfirst=True)  # type: ignore[union-attr]
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("0001_initial", 1, "runs, blobs, side effects, the audit ledger, checkpoint view, guard triggers", _initial),
     Migration("0002_migration_table", 2, "statecraft_migration records the migrations applied", _migration_table),
+    Migration(
+        "0003_model_controls", 3,
+        "rate_limit_bucket, circuit_breaker, prompt_digest, session_entry: the controls in front of a model",
+        _model_controls,
+    ),
 )
 """Every migration, in order. Append only: never edit or reorder a released one."""
 

@@ -17,9 +17,14 @@ __all__ = [
     "AuditEventRow",
     "BlobRow",
     "CHECKPOINT_VIEW",
+    "CONTROL_TABLES",
+    "CircuitBreakerRow",
     "MetaRow",
+    "PromptDigestRow",
+    "RateLimitBucketRow",
     "RunRow",
     "MigrationRow",
+    "SessionEntryRow",
     "SideEffectRow",
 ]
 
@@ -203,3 +208,82 @@ class AuditEventRow(SQLModel, table=True):
     caused_by_event_id: Optional[str] = None
     payload_json: Optional[str] = None
     payload_sha256: Optional[str] = None
+
+
+# -- controls in front of a model (statecraft/agents/limits.py, breaker.py, session.py) ----------
+# Bookkeeping shared by every run and process on the database, not evidence:
+# what they decide is audited in ``audit_event`` (docs/agents.md).
+
+
+class RateLimitBucketRow(SQLModel, table=True):
+    """One token bucket of a rate limit (statecraft/agents/limits.py), shared across processes.
+
+    Levels are integer milli-units (1 request = 1000) and may be negative:
+    a caller that reserves more than is left is told how long to wait, and
+    the debt is what later callers wait for. ``updated_us``: when the levels
+    were last refilled, microseconds since the Unix epoch.
+    """
+
+    __tablename__ = "rate_limit_bucket"
+
+    key: str = Field(primary_key=True)
+    request_level_milli: int = 0
+    token_level_milli: int = 0
+    updated_us: int
+
+
+class CircuitBreakerRow(SQLModel, table=True):
+    """One circuit breaker's state (statecraft/agents/breaker.py); changes are ledger events."""
+
+    __tablename__ = "circuit_breaker"
+
+    name: str = Field(primary_key=True)
+    state: str  # closed | open | half_open
+    failures: int = 0  # consecutive counted failures
+    opened_at: Optional[str] = None
+    probe_until: Optional[str] = None  # half_open: the probe call's lease
+    last_error_code: Optional[str] = None
+    updated_at: str
+
+
+class PromptDigestRow(SQLModel, table=True):
+    """Each prompt digest seen under an agent's prompt version: edits without a version bump show."""
+
+    __tablename__ = "prompt_digest"
+
+    agent_name: str = Field(primary_key=True)
+    prompt_version: str = Field(primary_key=True)
+    prompt_digest: str = Field(primary_key=True)
+    first_seen_at: str
+    first_run_id: Optional[str] = None
+
+
+class SessionEntryRow(SQLModel, table=True):
+    """One entry of a conversation kept across turns and runs (statecraft/agents/session.py).
+
+    ``kind`` ``exchange``: a user message and the model's answer; ``summary``:
+    stands for every entry up to ``covers_through`` (``summary_text`` NULL
+    when they were dropped without a summary). ``entry_key`` is the writing
+    step visit's idempotency key, so a retried step replaces its exchange
+    instead of adding a second one.
+    """
+
+    __tablename__ = "session_entry"
+    __table_args__ = (UniqueConstraint("entry_key", name="uq_session_entry_key"),)
+
+    session_id: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    kind: str
+    user_text: Optional[str] = None
+    assistant_text: Optional[str] = None
+    summary_text: Optional[str] = None
+    covers_through: Optional[int] = None
+    tokens: int = 0  # estimated tokens of the entry's text
+    entry_key: str
+    run_id: Optional[str] = None
+    step: Optional[str] = None
+    created_at: str
+
+
+CONTROL_TABLES = (RateLimitBucketRow, CircuitBreakerRow, PromptDigestRow, SessionEntryRow)
+"""Tables of the controls in front of a model; created with the schema (migration ``0003_model_controls``)."""

@@ -47,8 +47,8 @@ def test_an_async_claude_step_runs_through_async_anthropic_on_the_services_loop(
     run, events = asyncio.run(main())
     assert run.status is RunStatus.DONE and run.state["kind"] == "contract"
     assert run.cost_micros == 6000 and run.tokens_in == 1000
-    step = next(e for e in events if e.event_type == "step.completed" and e.from_step == "triage")
-    assert (step.model_id, step.tokens_out) == (SONNET, 200)
+    call = next(e for e in events if e.event_type == "agent.called")
+    assert (call.model_id, call.tokens_out, call.outcome) == (SONNET, 200, "success")
     assert fake_anthropic.last.body["messages"][0]["content"].count("supplier contract") == 1
     fake_anthropic.assert_all_used()
 

@@ -21,6 +21,7 @@ from statecraft._time import utc_now
 from statecraft.agents.claude import ClaudeAgent
 from statecraft.agents.errors import (
     AgentError,
+    LLMInvalidOutput,
     LLMAuthError,
     LLMBadRequest,
     LLMError,
@@ -122,7 +123,9 @@ def test_a_structured_answer_becomes_a_goto_with_tokens_and_integer_cost_recorde
         "legal", update={"kind": "contract", "confidence": 90}, reason="it has signatures and terms"
     )
     # Sonnet 4.6: $3 / MTok in, $15 / MTok out -> 1000*3 + 200*15 micro-USD.
-    assert ctx.usage == Usage(
+    [call] = ctx.calls  # the call is recorded whole, as its own agent.called event
+    assert call.event_type == "agent.called" and call.outcome == "success"
+    assert call.usage == Usage(
         tokens_in=1000,
         tokens_out=200,
         cost_micros=6000,
@@ -130,7 +133,8 @@ def test_a_structured_answer_becomes_a_goto_with_tokens_and_integer_cost_recorde
         model_id=SONNET,
         prompt_version="triage-v1",
     )
-    assert isinstance(ctx.usage.cost_micros, int)
+    assert isinstance(call.usage.cost_micros, int)
+    assert ctx.usage == Usage()  # nothing on the step's own event: counted once
     fake_anthropic.assert_all_used()
 
 
@@ -225,10 +229,11 @@ def test_cache_tokens_count_as_input_and_are_priced_at_their_own_rates(
     make_agent(fake_anthropic, model="claude-haiku-4-5")(Review(), ctx)
 
     # Haiku 4.5 ($/MTok): in 1, out 5, 5m write 1.25, 1h write 2, read 0.10.
-    assert ctx.usage.tokens_in == 100 + 2000 + 10_000
-    assert ctx.usage.tokens_out == 50
-    assert ctx.usage.cost_micros == 100 * 1 + 50 * 5 + 1250 + 2000 + 1000
-    assert ctx.usage.model_id == "claude-haiku-4-5-20251001"
+    used = ctx.calls[0].usage
+    assert used.tokens_in == 100 + 2000 + 10_000
+    assert used.tokens_out == 50
+    assert used.cost_micros == 100 * 1 + 50 * 5 + 1250 + 2000 + 1000
+    assert used.model_id == "claude-haiku-4-5-20251001"
 
 
 def test_the_served_model_is_recorded_and_priced_not_the_requested_alias(
@@ -239,8 +244,10 @@ def test_the_served_model_is_recorded_and_priced_not_the_requested_alias(
 
     make_agent(fake_anthropic, model="claude-opus-4-1")(Review(), ctx)
 
-    assert ctx.usage.model_id == "claude-opus-4-1-20250805"
-    assert ctx.usage.cost_micros == 10 * 15 + 10 * 75
+    used = ctx.calls[0].usage
+    assert used.model_id == "claude-opus-4-1-20250805"
+    assert used.cost_micros == 10 * 15 + 10 * 75
+    assert ctx.calls[0].payload["model_requested"] == "claude-opus-4-1"
 
 
 def test_an_unknown_model_costs_zero_with_one_warning_and_keeps_its_tokens(
@@ -257,7 +264,8 @@ def test_an_unknown_model_costs_zero_with_one_warning_and_keeps_its_tokens(
         agent(Review(), ctx)
         agent(Review(), ctx)
 
-    assert (ctx.usage.tokens_in, ctx.usage.tokens_out, ctx.usage.cost_micros) == (140, 60, 0)
+    total = ctx.calls[0].usage + ctx.calls[1].usage  # two calls, two records
+    assert (total.tokens_in, total.tokens_out, total.cost_micros) == (140, 60, 0)
     warnings = [r for r in caplog.records if "claude-nova-9-1" in r.getMessage()]
     assert len(warnings) == 1
 
@@ -269,7 +277,7 @@ def test_a_price_table_passed_to_the_agent_overrides_the_default(fake_anthropic:
 
     make_agent(fake_anthropic, prices=prices)(Review(), ctx)
 
-    assert ctx.usage.cost_micros == 1500 + 7500
+    assert ctx.calls[0].usage.cost_micros == 1500 + 7500
 
 
 # -- answers that are not the structured result ----------------------------------
@@ -289,19 +297,22 @@ def test_a_price_table_passed_to_the_agent_overrides_the_default(fake_anthropic:
     ],
     ids=["enum", "bound", "prose", "truncated", "empty", "missing-fields", "wrong-tool", "text-not-tool"],
 )
-def test_an_answer_that_does_not_validate_fails_the_step_with_a_precise_reason_and_its_usage(
+def test_an_answer_that_does_not_validate_fails_the_attempt_with_a_precise_reason_and_its_usage(
     fake_anthropic: FakeAnthropic, reply: Reply, mode: str, fragment: str
 ) -> None:
     fake_anthropic.push(reply)
     ctx = make_ctx()
 
-    outcome = make_agent(fake_anthropic, structured_output=mode)(Review(), ctx)
+    with pytest.raises(LLMInvalidOutput) as raised:
+        make_agent(fake_anthropic, structured_output=mode)(Review(), ctx)
 
-    assert isinstance(outcome, Fail)
-    assert outcome.error_code == "invalid_llm_output"
-    assert fragment in outcome.reason
-    assert "\n" not in outcome.reason and len(outcome.reason) <= 480
-    assert ctx.usage.tokens_in == 100 and ctx.usage.tokens_out == 20  # the tokens were spent
+    error = raised.value
+    assert error.error_code == "invalid_llm_output" and error.non_retryable  # unless the policy says so
+    assert fragment in str(error)
+    assert "\n" not in str(error) and len(str(error)) <= 480
+    [call] = ctx.calls
+    assert (call.outcome, call.error_code) == ("failure", "invalid_llm_output")
+    assert call.usage.tokens_in == 100 and call.usage.tokens_out == 20  # the tokens were spent
 
 
 def test_a_refusal_fails_the_step_with_its_own_code(fake_anthropic: FakeAnthropic) -> None:
@@ -311,7 +322,7 @@ def test_a_refusal_fails_the_step_with_its_own_code(fake_anthropic: FakeAnthropi
     outcome = make_agent(fake_anthropic)(Review(), ctx)
 
     assert outcome == Fail(f"{SONNET} refused to answer (stop_reason=refusal)", "llm_refusal")
-    assert ctx.usage.tokens_in == 100
+    assert ctx.calls[0].usage.tokens_in == 100 and ctx.calls[0].error_code == "llm_refusal"
 
 
 def test_decide_sees_the_state_view_the_validated_output_and_the_context(
@@ -582,8 +593,12 @@ def test_a_claude_step_runs_in_the_engine_and_its_usage_is_audited(
     ]
     assert event.event_type == "step.completed" and event.to_step == "legal"
     assert (event.agent_name, event.agent_version, event.prompt_version) == ("triage", "2", "triage-v1")
-    assert (event.model_provider, event.model_id) == ("anthropic", SONNET)
-    assert (event.tokens_in, event.tokens_out, event.cost_micros) == (1200, 300, 8100)
+    assert (event.tokens_in, event.tokens_out, event.cost_micros) == (0, 0, 0)  # on the call's own event
+    [called] = [e for e in engine.events(run.run_id) if e.event_type == "agent.called"]
+    assert called.run_seq == event.run_seq - 1  # committed with the step, just before it
+    assert (called.agent_name, called.agent_version, called.prompt_version) == ("triage", "2", "triage-v1")
+    assert (called.model_provider, called.model_id) == ("anthropic", SONNET)
+    assert (called.tokens_in, called.tokens_out, called.cost_micros) == (1200, 300, 8100)
     assert event.reason == "it has signatures and terms"
     assert TASK in fake_anthropic.last.body["messages"][0]["content"]  # the task reached the model
     _verify(engine)
@@ -598,9 +613,10 @@ def test_garbage_from_the_model_fails_the_run_with_a_precise_audited_reason(
     assert run.status is RunStatus.FAILED
     assert run.error_code == "invalid_llm_output"
     assert "first at 'kind'" in (run.reason or "")
-    failed = engine.events(run.run_id)[-1]
+    called, failed = engine.events(run.run_id)[-2:]
     assert failed.event_type == "run.failed" and failed.error_code == "invalid_llm_output"
-    assert (failed.model_id, failed.tokens_in, failed.tokens_out) == (SONNET, 100, 20)
+    assert called.event_type == "agent.called" and called.error_code == "invalid_llm_output"
+    assert (called.model_id, called.tokens_in, called.tokens_out) == (SONNET, 100, 20)
     _verify(engine)
 
 

@@ -45,7 +45,7 @@ def run(reviewed: Reviewed, name: str, **params: Any) -> list[dict[str, Any]]:
 
 
 def test_the_document_holds_one_query_per_reviewer_question() -> None:
-    assert sorted(QUERIES) == ["q1", "q2", "q3", "q4", "q5", "q6", "q6b", "q7", "q8", "q9"]
+    assert sorted(QUERIES) == ["q1", "q10", "q2", "q3", "q4", "q5", "q6", "q6b", "q7", "q8", "q9"]
 
 
 @pytest.mark.parametrize("name", sorted(QUERIES))
@@ -162,7 +162,9 @@ def test_q9_lists_the_anchors_taken(reviewed) -> None:
 
 def _event_types_in_code() -> set[str]:
     """String literals in statecraft/ that name audit event types (worker log lines excluded)."""
-    pattern = re.compile(r"(run|step|approval|lease|agent|tool|route|judge|fanout|supervisor|ledger|payload)\.[a-z_]+")
+    pattern = re.compile(
+        r"(run|step|approval|lease|agent|tool|route|judge|fanout|supervisor|ledger|payload|circuit|session)\.[a-z_]+"
+    )
     found: set[str] = set()
     for path in (REPO / "statecraft").rglob("*.py"):
         if path.name in ("worker.py", "tables.py"):
@@ -179,3 +181,56 @@ def test_every_event_type_the_code_writes_is_documented() -> None:
 
     missing = _event_types_in_code() - documented
     assert not missing, f"document these event types in docs/audit.md, 'Event types': {sorted(missing)}"
+
+
+# -- q10: canary versions, on a ledger of Claude calls through the real SDK -----------------------
+
+
+@pytest.fixture(scope="module")
+def canary_ledger(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Ten runs of a 50/50 canary: run-2, 5, 6, 9 and 10 get the candidate (version 3), which is
+    overloaded once per run (a retry fixes it, except in run-10, which fails) and costs more."""
+    from statecraft import Engine
+    from statecraft.agents.canary import Canary
+    from tests.agents.claude_machines import CONTRACT, SONNET, TASK, agent, counter, machine, quick_retries
+    from tests.support.fake_anthropic import FakeAnthropic, api_error, json_message, usage
+
+    path = tmp_path_factory.mktemp("canary") / "canary.db"
+    fake = FakeAnthropic().start()
+    try:
+        canary = Canary(agent(fake, agent_version="2"), agent(fake, agent_version="3", prompt_version="triage-v2"),
+                        split=(50, 50))
+        m = machine(canary, retry=quick_retries(2))
+        with Engine(path, new_id=counter("run")) as engine:
+            for n in range(1, 11):
+                if n in (2, 5, 6, 9):
+                    fake.push(api_error(529, "Overloaded"), json_message(CONTRACT, model=SONNET, usage_block=usage(2000, 100)))
+                elif n == 10:
+                    fake.push(api_error(529, "Overloaded"), api_error(529, "Overloaded"))
+                else:
+                    fake.push(json_message(CONTRACT, model=SONNET, usage_block=usage(1000, 100)))
+                engine.start(m, TASK)
+        fake.assert_all_used()
+    finally:
+        fake.stop()
+    return path
+
+
+def test_q10_compares_canary_versions_by_failure_rate_cost_and_outcome(canary_ledger: Path) -> None:
+    conn = sqlite3.connect(f"file:{canary_ledger}?mode=ro", uri=True)
+    try:
+        rows = rows_as_dicts(conn.execute(QUERIES["q10"], {
+            "agent_name": "triage", "since": "2000-01-01T00:00:00.000000Z", "until": "2100-01-01T00:00:00.000000Z",
+        }))
+    finally:
+        conn.close()
+
+    stable, candidate = rows
+    assert (stable["agent_version"], stable["prompt_versions"], stable["runs"], stable["calls"]) == ("2", "triage-v1", 5, 5)
+    assert (stable["failed_calls"], stable["failure_rate"], stable["cost_micros"]) == (0, 0.0, 5 * 4500)
+    assert (stable["runs_done"], stable["runs_failed"]) == (5, 0)
+    assert (candidate["agent_version"], candidate["prompt_versions"], candidate["runs"], candidate["calls"]) == (
+        "3", "triage-v2", 5, 10)
+    assert (candidate["failed_calls"], candidate["failure_rate"]) == (6, 0.6)
+    assert (candidate["cost_micros"], candidate["cost_micros_per_run"]) == (4 * 7500, 6000)
+    assert (candidate["runs_done"], candidate["runs_failed"]) == (4, 1)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -85,12 +86,14 @@ class Received:
         path: the request path, e.g. ``/v1/messages``.
         headers: header name (lower case) -> value.
         body: the parsed JSON body (``None`` when it was not JSON).
+        at: when it arrived, ``time.time()`` seconds (comparable across processes).
     """
 
     method: str
     path: str
     headers: Mapping[str, str]
     body: Any
+    at: float = field(default_factory=time.time)
 
 
 def usage(
