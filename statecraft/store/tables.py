@@ -227,9 +227,9 @@ class RateLimitBucketRow(SQLModel, table=True):
     __tablename__ = "rate_limit_bucket"
 
     key: str = Field(primary_key=True)
-    request_level_milli: int = 0
-    token_level_milli: int = 0
-    updated_us: int
+    request_level_milli: int = Field(default=0, sa_type=_BIG)
+    token_level_milli: int = Field(default=0, sa_type=_BIG)
+    updated_us: int = Field(sa_type=_BIG)
 
 
 class CircuitBreakerRow(SQLModel, table=True):
