@@ -62,7 +62,7 @@ Figures, per contender:
 
 Usage::
 
-    python bench/bench_compare.py                          # temp dir on the real disk, FULL, 100 rounds
+    python bench/bench_compare.py                          # temp dir on the real disk, FULL, 200 rounds
     python bench/bench_compare.py --dir /dev/shm           # tmpfs: fsync is free, CPU alone
     python bench/bench_compare.py --rounds 200 --synchronous NORMAL --json
     python bench/bench_compare.py --profile 200            # cProfile of 200 statecraft runs instead
@@ -737,6 +737,7 @@ def measure(base: Path, synchronous: str, rounds: int, concurrent_rounds: int, f
     fans = fan_outs([_make(cls, base / f"fan-{cls.name}.db", synchronous) for cls in available], fan_rounds)
 
     floor_wall = statistics.median(single["floor"]["wall_us"]) if "floor" in single else None
+    floor_quarters = _quartiles(single["floor"]["wall_us"]) if "floor" in single else None
     engines: dict[str, Any] = {}
     for name in [c.name for c in many_classes]:
         row: dict[str, Any] = {}
@@ -756,6 +757,16 @@ def measure(base: Path, synchronous: str, rounds: int, concurrent_rounds: int, f
             if s["ratio"]:
                 r1, rmed, r3 = _quartiles(s["ratio"])
                 row.update(ratio_to_floor=round(rmed, 2), ratio_to_floor_quartiles=[round(r1, 2), round(r3, 2)])
+                # The ratio depends on how long an fsync takes at that moment: split the
+                # rounds by the floor's own speed (its fastest and slowest quarter).
+                floor_q1, _, floor_q3 = _quartiles(single["floor"]["wall_us"])
+                pairs = list(zip(single["floor"]["wall_us"], s["ratio"]))
+                fast = [r for f, r in pairs if f <= floor_q1]
+                slow = [r for f, r in pairs if f >= floor_q3]
+                row.update(
+                    ratio_to_floor_fast_fsync_rounds=round(statistics.median(fast), 2),
+                    ratio_to_floor_slow_fsync_rounds=round(statistics.median(slow), 2),
+                )
         split = next((c for c in singles if c.name == name and hasattr(c, "advance_us")), None)
         if split is not None:  # statecraft: the same runs without creating and starting them
             row["us_per_step_advance_only"] = round(statistics.median(split.advance_us[WARMUP_RUNS:]), 1)
@@ -783,6 +794,9 @@ def measure(base: Path, synchronous: str, rounds: int, concurrent_rounds: int, f
         "fan_out": f"{BRANCHES} x {BRANCH_SLEEP_S * 1000:.0f} ms",
         "fan_out_rounds": fan_rounds,
         "floor_us_per_step": None if floor_wall is None else round(floor_wall, 1),
+        "floor_us_per_step_fast_slow_quarter_bounds": (
+            None if floor_quarters is None else [round(floor_quarters[0], 1), round(floor_quarters[2], 1)]
+        ),
         "engines": engines,
         "skipped": skipped,
         "seconds": round(time.perf_counter() - started, 1),
@@ -834,6 +848,17 @@ def _caption(result: dict[str, Any]) -> tuple[str, list[str]]:
         f"fan-out {result['fan_out']} x {result['fan_out_rounds']}"
     )
     notes = [f"skipped {name}: {why}" for name, why in result["skipped"].items()]
+    bounds = result.get("floor_us_per_step_fast_slow_quarter_bounds")
+    split = [
+        f"{name} {row['ratio_to_floor_fast_fsync_rounds']:.2f} / {row['ratio_to_floor_slow_fsync_rounds']:.2f}"
+        for name, row in result["engines"].items()
+        if "ratio_to_floor_fast_fsync_rounds" in row and name != "floor"
+    ]
+    if bounds and split:
+        notes.append(
+            f"× floor in the rounds where the floor was fastest (≤ {bounds[0]:,.0f} µs/step) / slowest "
+            f"(≥ {bounds[1]:,.0f} µs/step): " + ", ".join(split)
+        )
     sc = result["engines"].get("statecraft", {})
     if "us_per_step_advance_only" in sc:
         notes.append(
@@ -900,9 +925,9 @@ def profile(base: Path, synchronous: str, runs: int, top: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--dir", help="directory for the database files (default: a new temp dir, removed afterwards)")
-    parser.add_argument("--rounds", type=int, default=100, help="interleaved rounds of single 20-step runs (default 100)")
+    parser.add_argument("--rounds", type=int, default=200, help="interleaved rounds of single 20-step runs (default 200)")
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
-    parser.add_argument("--concurrent-rounds", type=int, default=3, help=f"rounds of {CONCURRENT_RUNS} runs at once (default 3)")
+    parser.add_argument("--concurrent-rounds", type=int, default=5, help=f"rounds of {CONCURRENT_RUNS} runs at once (default 5)")
     parser.add_argument("--fan-rounds", type=int, default=15, help="rounds of the fan-out (default 15)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for notes)")
