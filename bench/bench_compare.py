@@ -359,11 +359,10 @@ class Burr:
 
         def step(i: int) -> Any:
             @action(reads=["n"], writes=["n"])
-            def act(state: State) -> State:
+            def act(state: State[Any]) -> State[Any]:
                 return state.update(n=state["n"] + 1)
 
-            act.__name__ = f"s{i}"
-            return act
+            return act  # named by its key in with_actions
 
         self.graph = (
             GraphBuilder()
@@ -373,19 +372,19 @@ class Burr:
         )
 
         @action(reads=["i"], writes=["out"])
-        def branch(state: State) -> State:
+        def branch(state: State[Any]) -> State[Any]:
             CLOCK.sleep()
             return state.update(out=state["i"])
 
-        class Fan(MapStates):  # type: ignore[misc]
-            def action(self, state: State, inputs: dict[str, Any]) -> Any:
+        class Fan(MapStates):
+            def action(self, state: State[Any], inputs: dict[str, Any]) -> Any:
                 return branch
 
-            def states(self, state: State, context: Any, inputs: dict[str, Any]) -> Any:
+            def states(self, state: State[Any], context: Any, inputs: dict[str, Any]) -> Any:
                 for i in range(BRANCHES):
                     yield state.update(i=i)
 
-            def reduce(self, state: State, states: Any) -> State:
+            def reduce(self, state: State[Any], states: Any) -> State[Any]:
                 return state.update(results=[s["out"] for s in states])
 
             @property
@@ -503,7 +502,7 @@ class LangGraph:
 
     def _run(self, _: object = None) -> None:
         start = next(_STARTS)
-        config = {"configurable": {"thread_id": str(uuid.uuid4())}}
+        config: Any = {"configurable": {"thread_id": str(uuid.uuid4())}}
         out = self.graph.invoke({"n": start}, config, durability="sync")
         assert out["n"] == start + STEPS
 
@@ -516,7 +515,7 @@ class LangGraph:
             list(pool.map(self._run, range(runs)))
 
     def fan_out(self) -> None:
-        config = {"configurable": {"thread_id": str(uuid.uuid4())}, "max_concurrency": BRANCHES}
+        config: Any = {"configurable": {"thread_id": str(uuid.uuid4())}, "max_concurrency": BRANCHES}
         out = self.fan_graph.invoke({"results": []}, config, durability="sync")
         assert sorted(out["results"]) == list(range(BRANCHES))
 
