@@ -960,6 +960,23 @@ class Engine:
         """
         return self._runner.runnable(limit)
 
+    def claim(self, limit: int, *, exclude: Iterable[str] = ()) -> builtins.list[str]:
+        """Lease up to ``limit`` runnable runs for this engine to advance; their ids. Commits one transaction.
+
+        What a worker calls: runs nobody holds (started detached, approved
+        with ``advance=False``, past any retry backoff) are leased in one
+        statement — on PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so workers
+        on many hosts claim disjoint runs without waiting for each other —
+        then, up to ``limit``, runs whose lease expired or whose holder's
+        process is gone (their takeover is audited when they are advanced).
+        Advance each id promptly: a claimed run is held until its lease expires.
+
+        Args:
+            limit: at most this many ids.
+            exclude: run ids not to claim (already in this worker's hands).
+        """
+        return self._runner.claim(limit, tuple(exclude))
+
     def expire_approvals(self) -> builtins.list[RunInfo]:
         """Apply the on-timeout action of every gate past its approval deadline.
 

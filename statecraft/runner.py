@@ -60,6 +60,7 @@ from .outcomes import Fail, Finish, Goto, RequestApproval
 from .policy import ms
 from .store.blobs import blob_json, get_blob, insert_blob, sha256_hex
 from .store.runs import (
+    claim_free_runs,
     due_approvals,
     load_run,
     release_lease,
@@ -996,6 +997,20 @@ class StepRunner:
             if len(out) >= limit:
                 break
         return out
+
+    def claim(self, limit: int, exclude: Sequence[str] = ()) -> list[str]:
+        """Lease up to ``limit`` runnable runs for this engine; their ids (see :meth:`Engine.claim`)."""
+        now_dt = self.engine._clock()
+        now, expires = format_utc(now_dt), format_utc(now_dt + self.engine.lease)
+        with write_tx(self.db, appends=False) as tx:
+            claimed = claim_free_runs(
+                tx, owner=self.engine.owner, now=now, expires_at=expires, limit=limit, exclude=exclude
+            )
+        if len(claimed) < limit:
+            # Leases that expired, or whose holder died: taken over (and audited) when advanced.
+            taken = set(claimed) | set(exclude)
+            claimed += [r for r in self.runnable(limit) if r not in taken][: limit - len(claimed)]
+        return claimed
 
     def expire_due(self, run_id: str | None = None) -> list[str]:
         """Apply the on-timeout action of every gate whose approval deadline has passed.

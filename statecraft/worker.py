@@ -50,6 +50,9 @@ log = logging.getLogger("statecraft.worker")
 # A run whose advance failed with our own error (machine not loadable, …)
 # is left alone this long, so one bad run cannot keep a worker spinning.
 _COOLDOWN_S = 60.0
+# After a failure that is not the run's own (the database unreachable for a
+# moment): a short pause, so a restarting server does not park every run.
+_STORE_COOLDOWN_S = 1.0
 
 
 class JsonFormatter(logging.Formatter):
@@ -173,9 +176,10 @@ class Worker:
             for info in self.engine.expire_approvals():
                 self.stats.expired += 1
                 self._log("approval.expired", run_id=info.run_id, status=info.status.value, step=info.step)
-        except StatecraftError as exc:
+        except Exception as exc:  # ours, or the database gone for a moment: log, go on next poll
             self.stats.errors += 1
-            self._log("worker.error", logging.ERROR, phase="expire", error=str(exc))
+            self._log("worker.error", logging.ERROR, phase="expire", error=str(exc)[:300],
+                      error_type=type(exc).__name__)
 
     def _claim(self, pool: ThreadPoolExecutor, inflight: dict[Future[Any], str]) -> int:
         free = self.concurrency - len(inflight)
@@ -184,11 +188,14 @@ class Worker:
         now = time.monotonic()
         busy = set(inflight.values())
         claimed = 0
+        cooling = {run_id for run_id, until in self._cooldown.items() if until > now}
         try:
-            candidates = self.engine.runnable(limit=free + len(busy) + len(self._cooldown))
-        except StatecraftError as exc:
+            candidates = self.engine.claim(free, exclude=busy | cooling)
+        except Exception as exc:  # ours, or the database gone for a moment: log, go on next poll
             self.stats.errors += 1
-            self._log("worker.error", logging.ERROR, phase="claim", error=str(exc))
+            self._log("worker.error", logging.ERROR, phase="claim", error=str(exc)[:300],
+                      error_type=type(exc).__name__)
+            self._stop.wait(self.poll.total_seconds())
             return 0
         for run_id in candidates:
             if claimed >= free:
@@ -222,10 +229,12 @@ class Worker:
             self._cooldown[run_id] = time.monotonic() + _COOLDOWN_S
             self._log("run.error", logging.ERROR, run_id=run_id, error=str(exc), error_type=type(exc).__name__)
             return
-        except Exception as exc:  # a bug or a store failure: log it, keep serving other runs
+        except Exception as exc:  # a store failure (the database restarting) or a bug: keep serving
             self.stats.errors += 1
-            self._cooldown[run_id] = time.monotonic() + _COOLDOWN_S
-            self._log("run.error", logging.ERROR, run_id=run_id, error=repr(exc), error_type=type(exc).__name__)
+            # Not the run's fault, most likely: try it again soon, not after the long cool-down.
+            self._cooldown[run_id] = time.monotonic() + _STORE_COOLDOWN_S
+            self._log("run.error", logging.ERROR, run_id=run_id, error=repr(exc)[:300],
+                      error_type=type(exc).__name__)
             return
         self.stats.advanced += 1
         self.stats.transitions += result["transitions"]

@@ -401,8 +401,15 @@ class Database:
     # -- transactions -----------------------------------------------------------
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, *, appends: bool = True) -> Iterator[Connection]:
         """One write transaction (``BEGIN IMMEDIATE`` on SQLite); commits on success.
+
+        Args:
+            appends: the transaction may append to the ledger, so it holds the
+                ledger's write lock (on PostgreSQL a transaction advisory
+                lock; SQLite has one writer at a time anyway). ``False``
+                only for writes that never append (claiming free runs), which
+                may then run beside an append on PostgreSQL.
 
         Raises:
             StoreError: the database is closed, or opened read-only.
@@ -410,7 +417,7 @@ class Database:
         self._check_open()
         self.check_writable()
         with self.sa_engine.connect() as conn:
-            self._local.begin_mode = "IMMEDIATE"
+            self._local.begin_mode = "IMMEDIATE" if appends or self.is_sqlite else "DEFERRED"
             try:
                 with conn.begin():
                     yield conn

@@ -21,6 +21,7 @@ from .txn import Tx
 
 __all__ = [
     "RUN_COLUMNS",
+    "claim_free_runs",
     "due_approvals",
     "gate_approvers",
     "gate_request",
@@ -216,4 +217,27 @@ def gate_approvers(tx: Tx, run_id: str, request_event_id: str) -> tuple[str, ...
         "AND event_type = 'approval.granted' AND caused_by_event_id = :event_id ORDER BY seq",
         {"run_id": run_id, "event_id": request_event_id},
     ))
+
+
+def claim_free_runs(
+    tx: Tx, *, owner: str, now: str, expires_at: str, limit: int, exclude: Iterable[str] = ()
+) -> list[str]:
+    """Lease up to ``limit`` RUNNING runs nobody holds, past any backoff, oldest change first; their ids.
+
+    On PostgreSQL the candidates are locked ``FOR UPDATE SKIP LOCKED``, so
+    workers on many hosts claim disjoint runs in one statement each, without
+    waiting for one another. A run whose lease expired is not claimed here:
+    taking it over is audited (``lease.taken_over``) when it is advanced.
+    """
+    names = {f"x{i}": run_id for i, run_id in enumerate(exclude)}
+    skip = f" AND run_id NOT IN ({', '.join(':' + k for k in names)})" if names else ""
+    lock = "" if tx.sqlite else " FOR UPDATE SKIP LOCKED"
+    candidates = (
+        "SELECT run_id FROM run WHERE status = 'RUNNING' AND lease_owner IS NULL "
+        f"AND (wake_at IS NULL OR wake_at <= :now){skip} ORDER BY updated_at LIMIT :limit{lock}"
+    )
+    return [r[0] for r in tx.all(
+        f"UPDATE run SET lease_owner = :me, lease_expires_at = :exp WHERE run_id IN ({candidates}) RETURNING run_id",
+        {"me": owner, "exp": expires_at, "now": now, "limit": int(limit), **names},
+    )]
 

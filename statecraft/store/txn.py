@@ -139,16 +139,16 @@ def tx_of(conn: Connection | Tx) -> Tx:
     return Tx(sa=conn)
 
 
-def write_tx(db: Database) -> AbstractContextManager[Tx]:
+def write_tx(db: Database, *, appends: bool = True) -> AbstractContextManager[Tx]:
     """One write transaction (``BEGIN IMMEDIATE`` on SQLite); commits on success, rolls back on error.
 
-    Use as ``with write_tx(db) as tx: ...``.
+    Use as ``with write_tx(db) as tx: ...``. ``appends=False``: see :meth:`Database.write`.
 
     Raises:
         StoreError: the database is closed, or the write lock could not be had.
     """
     if not db.is_sqlite:
-        return _sa_write_tx(db)
+        return _sa_write_tx(db, appends)
     db._check_open()
     db.check_writable()
     return _WriteTx(db, _writer(db))
@@ -317,8 +317,8 @@ def _run_batch(db: Database, writer: _Writer, batch: list[_Unit[Any]]) -> None:
 
 
 @contextmanager
-def _sa_write_tx(db: Database) -> Iterator[Tx]:
-    with db.write() as conn:
+def _sa_write_tx(db: Database, appends: bool = True) -> Iterator[Tx]:
+    with db.write(appends=appends) as conn:
         yield Tx(sa=conn)
 
 

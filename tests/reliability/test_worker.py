@@ -144,3 +144,38 @@ def test_an_embedded_worker_and_engine_log_to_the_applications_handlers(
     assert ("statecraft.engine", "run.completed") in names
     done = next(r for r in caplog.records if r.getMessage() == "run.completed")
     assert done.fields["run_id"] == run.run_id and done.levelno == logging.INFO  # type: ignore[attr-defined]
+
+
+def test_two_engines_claiming_at_once_get_disjoint_runs(db_url: str) -> None:
+    # On PostgreSQL the claim is FOR UPDATE SKIP LOCKED; on SQLite one writer at a time.
+    import threading
+
+    from statecraft import Engine
+
+    steps20 = load_machine(f"{CRASHY}:steps20")
+    with Engine(db_url) as setup:
+        ids = {setup.start(steps20, {}, ref=f"{CRASHY}:steps20", advance=False).run_id for _ in range(40)}
+    results: dict[str, list[str]] = {}
+    with Engine(db_url, owner="host-a:1:a") as a, Engine(db_url, owner="host-b:2:b") as b:
+        barrier = threading.Barrier(2)
+
+        def claim(engine: Engine, name: str) -> None:
+            barrier.wait()
+            got: list[str] = []
+            while True:
+                batch = engine.claim(5)
+                if not batch:
+                    break
+                got += batch
+            results[name] = got
+
+        threads = [threading.Thread(target=claim, args=(e, n)) for e, n in ((a, "a"), (b, "b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert set(results["a"]).isdisjoint(results["b"])
+        assert set(results["a"]) | set(results["b"]) == ids
+        held = {r.run_id: r.lease_owner for r in a.list(limit=100)}
+        assert all(held[r] == "host-a:1:a" for r in results["a"])
+        assert all(held[r] == "host-b:2:b" for r in results["b"])
