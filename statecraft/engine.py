@@ -34,10 +34,13 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 import os
 import random
+import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -80,6 +83,8 @@ if TYPE_CHECKING:
     from .signing import ApprovalSignature, Keyring
 
 __all__ = ["Engine", "StepReport", "proposal_digest"]
+
+_log = logging.getLogger("statecraft.engine")
 
 
 
@@ -156,6 +161,11 @@ class Engine:
             approvers' public keys to their ids, against which signed
             approvals are checked; ``None`` means ``$STATECRAFT_KEYRING`` if
             set. Read when first needed.
+        on_event: called with a :class:`StepReport` after every transition
+            this engine commits — operator requests, steps it advances,
+            expiries — so a service learns that a run reached a gate or
+            finished without polling. Called on the committing thread, after
+            the commit; a hook that raises is logged and ignored.
 
     Raises:
         NotAStatecraftDatabase, StoreError: the database cannot be used.
@@ -176,8 +186,11 @@ class Engine:
         crash_loop_limit: int = 10,
         authenticate: Callable[[str], str | None] | None = None,
         keyring: str | os.PathLike[str] | Keyring | None = None,
+        on_event: Callable[[StepReport], None] | None = None,
     ) -> None:
         self.db = db if isinstance(db, Database) else Database(db, synchronous=synchronous)
+        self._on_event = on_event
+        self._local = threading.local()
         self._clock = clock
         self._new_id = new_id
         self.owner = owner or _default_owner()
@@ -358,7 +371,7 @@ class Engine:
         now = self._now()
         task_body = blob_json(task)
         state_body = blob_json(state.model_dump(mode="json"))
-        with self.db.write() as conn:
+        with self._writing() as conn:
             task_sha = put_blob(conn, task_body, created_at=now)
             state_sha = put_blob(conn, state_body, created_at=now)
             insert_run(
@@ -410,7 +423,7 @@ class Engine:
         by, identity = self._who(by, run_id)
         self._machine_checked(run_id, Trigger.START)
         now = self._now()
-        with self.db.write() as conn:
+        with self._writing() as conn:
             run = self._load_row(conn, run_id)
             self._operator_transition(
                 conn, run, Trigger.START, "run.started", by, actor_type, now, identity=identity
@@ -529,7 +542,7 @@ class Engine:
         by, identity = self._who(by, run_id)
         now = self._now()
         self._machine_checked(run_id, Trigger.APPROVE)
-        with self.db.write() as conn:
+        with self._writing() as conn:
             run = self._load_row(conn, run_id)
             check_transition(run["status"], Trigger.APPROVE, run_id=run_id)
             _check_deadline(run, now, Trigger.APPROVE)
@@ -644,7 +657,7 @@ class Engine:
         by, identity = self._who(by, run_id)
         _require_reason(reason)
         now = self._now()
-        with self.db.write() as conn:
+        with self._writing() as conn:
             run = self._load_row(conn, run_id)
             check_transition(run["status"], Trigger.REJECT, run_id=run_id)
             _check_deadline(run, now, Trigger.REJECT)
@@ -747,7 +760,7 @@ class Engine:
         by, identity = self._who(by, run_id)
         _require_reason(reason)
         now = self._now()
-        with self.db.write() as conn:
+        with self._writing() as conn:
             run = self._load_row(conn, run_id)
             check_transition(run["status"], Trigger.CANCEL, run_id=run_id)
             self._failed_by(
@@ -783,7 +796,7 @@ class Engine:
         by, identity = self._who(by, run_id)
         self._machine_checked(run_id, Trigger.RETRY)
         now = self._now()
-        with self.db.write() as conn:
+        with self._writing() as conn:
             run = self._load_row(conn, run_id)
             self._operator_transition(
                 conn, run, Trigger.RETRY, "run.retried", by, "human", now, reason=reason, identity=identity
@@ -1013,6 +1026,34 @@ class Engine:
             payload={"identity": identity.describe()}, clear_error=True,
         )
 
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """One write transaction of an operator request; its transitions are reported once it commits."""
+        reports: list[StepReport] = []
+        self._local.reports = reports
+        try:
+            with self.db.write() as conn:
+                yield conn
+        finally:
+            self._local.reports = None
+        for report in reports:
+            self.report(report)
+
+    def report(self, report: StepReport) -> None:
+        """Hand one committed transition to the ``on_event`` hook, if any (never raises into the caller).
+
+        Called after each transition has committed: operator requests, steps
+        advanced by this engine (any driver), expiries. A hook that raises is
+        logged (``statecraft.engine``) and otherwise ignored: the transition
+        is committed, whatever a listener does with the news.
+        """
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(report)
+        except Exception:
+            _log.exception("on_event hook failed for %s of run %s", report.event_type, report.run_id)
+
     def _transition(self, conn: Connection | Tx, run: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Update the run row and append its audit event: one transition, one event.
 
@@ -1028,7 +1069,14 @@ class Engine:
         Raises:
             RunMoved: the run is not at the position ``run`` says.
         """
-        return write_transition(tx_of(conn), self.db.ledger_id, run, **kwargs).event
+        event = write_transition(tx_of(conn), self.db.ledger_id, run, **kwargs).event
+        pending = getattr(self._local, "reports", None)
+        if pending is not None:
+            pending.append(StepReport(
+                event["run_id"], event["event_type"], event["from_step"], event["to_step"],
+                RunStatus(event["to_status"]), event["latency_ms"] or 0, event["reason"],
+            ))
+        return event
 
     # -- row access ---------------------------------------------------------------
 

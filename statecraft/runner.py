@@ -526,8 +526,10 @@ class StepRunner:
         live.row = committed.run
         if _log.isEnabledFor(logging.INFO):
             _log_committed(committed.event)
+        report = self._report(live.row["run_id"], committed.event, committed.event["latency_ms"] or 0)
+        self.engine.report(report)
         if on_event is not None:
-            on_event(self._report(live.row["run_id"], committed.event, committed.event["latency_ms"] or 0))
+            on_event(report)
         return True
 
     def _info(self, run_id: str) -> RunInfo:
@@ -1056,14 +1058,15 @@ class StepRunner:
                     check_transition(row["status"], Trigger.EXPIRE, run_id=rid)
                     fields.update(decision="expire", outcome="timeout", error_code="approval_expired")
                     to_status, to_step = RunStatus.FAILED, row["step"]
-                write_transition(
+                expired = write_transition(
                     tx, self.db.ledger_id, row, event_type="approval.expired", to_status=to_status,
                     to_step=to_step, actor_type="system", actor_id="statecraft", now=now, extra=fields,
                     payload={"deadline_at": deadline, "proposal_digest": row["pending_proposal_digest"],
                              "on_timeout": "approve" if approve else "fail"},
                     clear_pending=True,
-                )
-                changed.append(rid)
+                ).event
+            self.engine.report(self._report(rid, expired))  # committed: tell the listener
+            changed.append(rid)
         return changed
 
     def _has_policy(self, conn: Any, row: Mapping[str, Any]) -> bool:

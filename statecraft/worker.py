@@ -38,7 +38,7 @@ from types import FrameType
 from typing import Any
 
 from ._time import format_utc, utc_now
-from .engine import Engine
+from .engine import Engine, StepReport
 from .errors import LeaseHeld, StatecraftError
 from .store.runs import release_all_leases
 from .store.txn import write_tx
@@ -94,6 +94,10 @@ class Worker:
             before they are abandoned.
         max_transitions: transitions per claim before the run is put back
             (fairness between many runs); ``None`` advances a run until it stops.
+        on_event: called with a ``StepReport`` after each transition this
+            worker commits (steps of the runs it advances, expiries it
+            applies), on the worker's threads; a hook that raises is logged
+            (``worker.on_event_failed``) and ignored.
     """
 
     def __init__(
@@ -104,10 +108,12 @@ class Worker:
         poll: timedelta = timedelta(seconds=1),
         grace: timedelta = timedelta(seconds=30),
         max_transitions: int | None = None,
+        on_event: Callable[[StepReport], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         self.engine = engine
+        self.on_event = on_event
         self.concurrency = concurrency
         self.poll = poll
         self.grace = grace
@@ -175,11 +181,21 @@ class Worker:
         try:
             for info in self.engine.expire_approvals():
                 self.stats.expired += 1
+                self._tell(StepReport(info.run_id, "approval.expired", info.step, info.step, info.status, 0,
+                                      info.reason))
                 self._log("approval.expired", run_id=info.run_id, status=info.status.value, step=info.step)
         except Exception as exc:  # ours, or the database gone for a moment: log, go on next poll
             self.stats.errors += 1
             self._log("worker.error", logging.ERROR, phase="expire", error=str(exc)[:300],
                       error_type=type(exc).__name__)
+
+    def _tell(self, report: StepReport) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(report)
+        except Exception as exc:  # a listener's failure is not the run's
+            self._log("worker.on_event_failed", logging.ERROR, run_id=report.run_id, error=repr(exc)[:300])
 
     def _claim(self, pool: ThreadPoolExecutor, inflight: dict[Future[Any], str]) -> int:
         free = self.concurrency - len(inflight)
@@ -209,9 +225,10 @@ class Worker:
     def _advance(self, run_id: str) -> dict[str, Any]:
         transitions = 0
 
-        def count(_report: Any) -> None:
+        def count(report: StepReport) -> None:
             nonlocal transitions
             transitions += 1
+            self._tell(report)
 
         info = self.engine.advance(run_id, max_transitions=self.max_transitions, on_event=count)
         return {"status": info.status.value, "step": info.step, "steps": info.steps_taken,

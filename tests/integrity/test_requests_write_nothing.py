@@ -88,7 +88,10 @@ machine = Machine("sweep", "1", Ask, steps=[
 CLERK = "clerk@example.com"
 
 #: Public Engine methods that only read, or manage the engine object itself.
-NOT_REQUESTS = {"close", "stop", "register", "get", "list", "events", "task", "machine_for", "runnable", "keyring"}
+NOT_REQUESTS = {
+    "close", "stop", "register", "get", "list", "events", "task", "machine_for", "runnable", "keyring",
+    "report",  # hands a committed transition to the on_event hook; writes nothing
+}
 
 
 class Clock:
@@ -220,6 +223,7 @@ def cases(w: dict[str, Any]) -> list[tuple[str, str, Callable[[], object], type[
         ("resume", "lease held by another engine", lambda: e.resume(r["running"]), LeaseHeld),
         ("resume", "closed engine", lambda: closed.resume(r["running"]), StoreError),
         ("expire_approvals", "closed engine", lambda: closed.expire_approvals(), StoreError),
+        ("claim", "closed engine", lambda: closed.claim(5), StoreError),
     ]
 
 
