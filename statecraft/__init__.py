@@ -32,7 +32,7 @@ from .agents.limits import RateLimit
 from .agents.pricing import ModelPrice
 from .agents.session import Session
 from .aio import AsyncEngine
-from .engine import Engine, StepReport
+from .engine import Engine
 from .errors import (
     AdvanceInterrupted,
     ApprovalExpired,
@@ -64,7 +64,7 @@ from .outcomes import ApprovalPolicy, Fail, Finish, Goto, Outcome, RequestApprov
 from .policy import Budget, RetryPolicy
 from .signing import ApprovalSignature, Keyring, SigningKey
 from .store.db import Database
-from .views import AuditEvent, PendingApproval, RunInfo
+from .views import AuditEvent, PendingApproval, RunInfo, StepReport
 from .worker import Worker
 
 __all__ = [

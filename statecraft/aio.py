@@ -30,14 +30,14 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from .engine import Engine, StepReport
+from .engine import Engine
 from .errors import AdvanceInterrupted, LeaseHeld
 from .execution import Attempt, attempt_async, is_async_callable, run_attempt
 from .lifecycle import RunStatus
 from .machine import Machine
 from .runner import AgentCall, Backoff
 from .store.db import Database
-from .views import AuditEvent, RunInfo
+from .views import AuditEvent, RunInfo, StepReport
 
 __all__ = ["AsyncEngine"]
 

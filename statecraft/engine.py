@@ -49,7 +49,7 @@ from pydantic import BaseModel
 from sqlalchemy import Connection
 
 from ._time import format_utc, utc_now
-from .audit.chain import canonical_json
+from .budget import extend as extend_budget
 from .errors import (
     AdvanceInterrupted,
     ApprovalExpired,
@@ -64,20 +64,20 @@ from .errors import (
     SignatureRefused,
 )
 from .identity import Identity, normalize_actor, process_identity
+from .leases import new_owner_id
 from .lifecycle import RunStatus, Trigger, check_transition
 from .loader import canonical_ref, load_machine
 from .machine import Machine
-from .outcomes import ApprovalPolicy, Fail, Finish, Goto, RequestApproval
-from .store.blobs import blob_json, get_blob, put_blob, sha256_hex
+from .outcomes import ApprovalPolicy
+from .proposals import proposal_digest
+from .runner import Host, StepRunner
+from .store.blobs import blob_json, get_blob, put_blob
 from .store.db import Database, Synchronous
 from .store.ledger import event_rows, first_payload
 from .store.runs import gate_approvers, gate_request, insert_run, list_run_ids, load_run
-from .views import AuditEvent, PendingApproval, RunInfo
-from .leases import new_owner_id
-from .runner import StepRunner
 from .store.txn import Tx, read_tx, tx_of
-from .budget import extend as extend_budget
 from .transition import KEEP, write_transition
+from .views import AuditEvent, PendingApproval, RunInfo, StepReport
 
 if TYPE_CHECKING:
     from .signing import ApprovalSignature, Keyring
@@ -86,28 +86,6 @@ __all__ = ["Engine", "StepReport", "proposal_digest"]
 
 _log = logging.getLogger("statecraft.engine")
 
-
-
-@dataclass(frozen=True)
-class StepReport:
-    """What ``on_event`` callbacks receive after each committed transition.
-
-    Attributes:
-        run_id: the run.
-        event_type: e.g. ``step.completed``, ``approval.requested``.
-        from_step, to_step: the step before and after.
-        status: the run status after the transition.
-        latency_ms: the agent call's wall time (0 for operator actions).
-        reason: the recorded reason, if any.
-    """
-
-    run_id: str
-    event_type: str
-    from_step: str | None
-    to_step: str | None
-    status: RunStatus
-    latency_ms: int
-    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -205,7 +183,12 @@ class Engine:
         for m in machines:
             self.register(m)
         self._runner = StepRunner(
-            self, rng=rng, trust_local_pids=trust_local_pids, crash_loop_limit=crash_loop_limit
+            Host(
+                db=self.db, owner=self.owner, lease=lease, clock=clock,
+                machine_of=self._machine, info=self._info, task=self.task, report=self.report,
+                gate_policy=lambda conn, run: self._gate(conn, run).policy,
+            ),
+            rng=rng, trust_local_pids=trust_local_pids, crash_loop_limit=crash_loop_limit,
         )
 
     # -- lifecycle of the engine ------------------------------------------------
@@ -1136,66 +1119,6 @@ class Engine:
             lease_owner=run["lease_owner"],
             lease_expires_at=run["lease_expires_at"],
         )
-
-
-def proposal_digest(
-    run_id: str, state_sha256: str, step: str, resume_at: str, reason: str | None, *, after_seq: int
-) -> str:
-    """SHA-256 binding an approval to exactly what was proposed, in exactly this request.
-
-    Covers the run, the state at the gate, the step that asked, where the run
-    resumes, the stated reason and ``after_seq``, the run's position
-    (``run_seq``) when the step that asked was judged. Any change gives a
-    new digest, so ``approve --digest`` refuses a proposal the approver did
-    not see, and the same proposal asked again (after reject and retry) has
-    a new digest: an approval, or a signature, of the old request cannot
-    pass the new one. Pure.
-    """
-    body = canonical_json(
-        {
-            "run_id": run_id,
-            "state_sha256": state_sha256,
-            "step": step,
-            "resume_at": resume_at,
-            "reason": reason,
-            "after_seq": after_seq,
-        }
-    )
-    return sha256_hex(b"statecraft.proposal.v2\x00" + body)
-
-
-def _outcome_json(outcome: Goto | Finish | RequestApproval | Fail) -> dict[str, Any]:
-    kind = type(outcome).__name__
-    data: dict[str, Any] = {"outcome": kind}
-    if isinstance(outcome, Goto):
-        data["step"] = outcome.step
-    if isinstance(outcome, RequestApproval):
-        data.update(resume_at=outcome.resume_at, summary=outcome.summary)
-        # Engine.approve reads the policy back from here: this blob is bound
-        # into the chain by the approval.requested event's output_sha256.
-        if outcome.policy is not None:
-            data["policy"] = outcome.policy.describe()
-        if outcome.rules:
-            data["rules"] = list(outcome.rules)
-    if isinstance(outcome, Fail):
-        data["error_code"] = outcome.error_code
-    data["reason"] = outcome.reason
-    update = getattr(outcome, "update", None)
-    if update:
-        data["update"] = _jsonable(update)
-    return data
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)
 
 
 def _check_deadline(run: Mapping[str, Any], now: str, trigger: Trigger) -> None:

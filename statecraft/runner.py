@@ -58,6 +58,7 @@ from .lifecycle import RunStatus, Trigger, check_transition
 from .machine import IllegalOutcome, Machine, ReadOnlyStateError, Step
 from .outcomes import Fail, Finish, Goto, RequestApproval
 from .policy import ms
+from .proposals import jsonable, outcome_json, proposal_digest
 from .store.blobs import blob_json, get_blob, insert_blob, sha256_hex
 from .store.runs import (
     claim_free_runs,
@@ -70,13 +71,15 @@ from .store.runs import (
 )
 from .store.txn import Tx, group_write, read_on_writer, read_tx, tx_of, write_tx
 from .tracing import SpanHandle, span
-from .transition import KEEP, RUN_COLUMNS, Committed, RunMoved, write_transition
+from .views import StepReport
+from .transition import KEEP, Committed, RunMoved, write_transition
 
 if TYPE_CHECKING:
-    from .engine import Engine, StepReport
+    from .outcomes import ApprovalPolicy
+    from .store.db import Database
     from .views import RunInfo
 
-__all__ = ["AgentCall", "Backoff", "StepRunner"]
+__all__ = ["AgentCall", "Backoff", "Host", "StepRunner"]
 
 _KNOWN_BLOBS_MAX: Final = 4096
 _VISITS_JSON: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
@@ -196,11 +199,44 @@ class _Failure:
     retryable: bool
 
 
+@dataclass(frozen=True)
+class Host:
+    """What the step loop needs from the engine that drives it, and nothing more.
+
+    Explicit so that the loop cannot reach into the engine's private state:
+    ``Engine`` builds one of these from its own bound methods.
+
+    Attributes:
+        db: the database runs and the ledger live in.
+        owner: the lease owner id this engine writes (``host:pid:nonce``).
+        lease: how long a lease lasts before it must be renewed.
+        clock: the engine's clock (aware UTC ``datetime``; injectable in tests).
+        machine_of: the machine for a run row (registered or loaded from its
+            recorded ref); raises ``MachineLoadError``/``MachineMismatch``.
+        info: ``(connection or Tx, run_id) -> RunInfo``; raises ``RunNotFound``.
+        task: the run's original input by run id (str or dict).
+        report: hands one committed transition to the ``on_event`` hook; never raises.
+        gate_policy: the approval policy of the gate a waiting run row is at,
+            or ``None``; raises ``ApprovalRefused`` if the proposal was redacted.
+    """
+
+    db: Database
+    owner: str
+    lease: timedelta
+    clock: Callable[[], datetime]
+    machine_of: Callable[[Mapping[str, Any]], Machine[Any]]
+    info: Callable[[Any, str], RunInfo]
+    task: Callable[[str], Any]
+    report: Callable[[StepReport], None]
+    gate_policy: Callable[[Any, Mapping[str, Any]], ApprovalPolicy | None]
+
+
 class StepRunner:
     """The step loop of one :class:`~statecraft.engine.Engine` (composition, not a public API).
 
     Args:
-        engine: the engine whose database, clock, owner id and machines to use.
+        host: what the loop uses of its engine: database, clock, owner id,
+            lease length, machines, snapshots and the event hook.
         rng: randomness for retry jitter (inject for deterministic tests).
         trust_local_pids: treat leases of dead processes on this host as expired.
         crash_loop_limit: lease takeovers of one step without progress after
@@ -210,21 +246,18 @@ class StepRunner:
 
     def __init__(
         self,
-        engine: Engine,
+        host: Host,
         *,
         rng: random.Random | None = None,
         trust_local_pids: bool = True,
         crash_loop_limit: int = 10,
     ) -> None:
-        from . import engine as engine_module  # engine imports this module
-
-        self._engine_module = engine_module
-        self.engine = engine
-        self.db = engine.db
+        self.host = host
+        self.db = host.db
         self.rng = rng or random.Random()
         self.trust_local_pids = trust_local_pids
         self.crash_loop_limit = crash_loop_limit
-        self.keeper = LeaseKeeper(engine.db, engine.owner, engine.lease, engine._clock)
+        self.keeper = LeaseKeeper(host.db, host.owner, host.lease, host.clock)
         self.stopping = threading.Event()
         self._known_blobs = _KnownBlobs(_KNOWN_BLOBS_MAX)
         # One Engine serves many threads under one owner id; the lease alone
@@ -235,10 +268,10 @@ class StepRunner:
     # -- small helpers ------------------------------------------------------------
 
     def _now(self) -> str:
-        return format_utc(self.engine._clock())
+        return format_utc(self.host.clock())
 
     def _report(self, run_id: str, event: Mapping[str, Any], latency_ms: int = 0) -> StepReport:
-        return self._engine_module.StepReport(
+        return StepReport(
             run_id, event["event_type"], event["from_step"], event["to_step"],
             RunStatus(event["to_status"]), latency_ms, event["reason"],
         )
@@ -306,9 +339,9 @@ class StepRunner:
             RunNotFound: no such run.
             LeaseHeld: another live engine holds the lease.
         """
-        now_dt = self.engine._clock()
-        now, expires = format_utc(now_dt), format_utc(now_dt + self.engine.lease)
-        me = self.engine.owner
+        now_dt = self.host.clock()
+        now, expires = format_utc(now_dt), format_utc(now_dt + self.host.lease)
+        me = self.host.owner
         with write_tx(self.db) as tx:
             run = self.load(tx, run_id)
             if run["status"] != RunStatus.RUNNING:
@@ -344,7 +377,7 @@ class StepRunner:
     def release(self, run_id: str) -> None:
         """Release this engine's lease on the run, if it still holds it. Commits one transaction."""
         with write_tx(self.db) as tx:
-            release_lease(tx, run_id, self.engine.owner)
+            release_lease(tx, run_id, self.host.owner)
 
     # -- the loop -------------------------------------------------------------------
 
@@ -403,10 +436,10 @@ class StepRunner:
             raise RunNotFound(run_id)
         if peek["status"] != RunStatus.RUNNING:
             return None
-        machine = self.engine._machine(peek)
+        machine = self.host.machine_of(peek)
         with self._active_lock:
             if run_id in self._active:
-                raise LeaseHeld(run_id, f"{self.engine.owner} (another thread)", str(peek["lease_expires_at"]))
+                raise LeaseHeld(run_id, f"{self.host.owner} (another thread)", str(peek["lease_expires_at"]))
             self._active.add(run_id)
         live: _Live | None = None
         try:
@@ -437,7 +470,7 @@ class StepRunner:
 
     def _let_go(self, run_id: str, row: Mapping[str, Any]) -> None:
         self.keeper.drop(run_id)
-        if row.get("lease_owner") == self.engine.owner:
+        if row.get("lease_owner") == self.host.owner:
             self.release(run_id)
 
     # -- spans (statecraft/tracing.py): one tree per advance, for both drivers ------------
@@ -446,7 +479,7 @@ class StepRunner:
         """The ``invoke_workflow`` span around one ``advance`` of ``run_id``."""
         return span("invoke_workflow statecraft", {
             "gen_ai.operation.name": "invoke_workflow", "statecraft.run_id": run_id,
-            "statecraft.engine.owner": self.engine.owner,
+            "statecraft.engine.owner": self.host.owner,
         })
 
     def step_span(self, live: _Live) -> AbstractContextManager[SpanHandle]:
@@ -489,7 +522,7 @@ class StepRunner:
         row, machine = live.row, live.machine
         if live.lost.is_set() or row["status"] != RunStatus.RUNNING:
             return None
-        clock = self.engine._clock
+        clock = self.host.clock
         if row["wake_at"] and live.slept_at != row["run_seq"]:
             # Retry backoff, durable in the row so a resumed run honours it.
             live.slept_at = row["run_seq"]
@@ -527,7 +560,7 @@ class StepRunner:
         if _log.isEnabledFor(logging.INFO):
             _log_committed(committed.event)
         report = self._report(live.row["run_id"], committed.event, committed.event["latency_ms"] or 0)
-        self.engine.report(report)
+        self.host.report(report)
         if on_event is not None:
             on_event(report)
         return True
@@ -535,7 +568,7 @@ class StepRunner:
     def _info(self, run_id: str) -> RunInfo:
         """``Engine.get``, read on the writer connection, whose cache holds the pages just written."""
         with read_tx(self.db, on_writer=True) as tx:
-            return self.engine._info(tx, run_id)
+            return self.host.info(tx, run_id)
 
     def _open(
         self, machine: Machine[Any], row: dict[str, Any], body: bytes | None, since: str | None,
@@ -564,13 +597,13 @@ class StepRunner:
 
         def load_task() -> Any:
             if not live.task:
-                live.task.append(self.engine.task(run_id))
+                live.task.append(self.host.task(run_id))
             return live.task[0]
 
         ctx = StepContext(
             run_id=run_id, machine=machine.name, machine_version=machine.version, step=step.name,
             attempt=attempt, started_by=row["started_by"], load_task=load_task,
-            clock=self.engine._clock, once=effects, parent_run_id=row["parent_run_id"],
+            clock=self.host.clock, once=effects, parent_run_id=row["parent_run_id"],
             run_seq=row["run_seq"], visit=live.visit_counts().get(step.name, 0), database=self.db,
         )
         timeout_s = None if step.timeout is None else step.timeout.total_seconds()
@@ -596,7 +629,7 @@ class StepRunner:
             step = replace(step, agent=call.ctx.acting_agent)
         view_is_state = step.reads is None  # the input is the whole state, stored already
         if result.timed_out and call.deadline_cut:
-            elapsed = ms(self.engine._clock() - live.running_since) if live.running_since else 0
+            elapsed = ms(self.host.clock() - live.running_since) if live.running_since else 0
             exceeded = Exceeded("deadline", live.limits.deadline_ms or 0, elapsed, step.name)
             return self._over_budget(live, step, exceeded, result, view, attempt)
         if isinstance(result.error, ReadOnlyStateError):
@@ -646,7 +679,6 @@ class StepRunner:
 
     def _calls(self, tx: Tx, run: dict[str, Any], calls: Sequence[RecordedCall], now: str, blobs: list[str]) -> dict[str, Any]:
         """Append one event per recorded sub-call; the run's status, step and state are unchanged."""
-        jsonable = self._engine_module._jsonable
         for call in calls:
             fields: dict[str, Any] = {
                 "agent_name": call.name, "agent_version": call.version, "decision": call.decision,
@@ -665,17 +697,17 @@ class StepRunner:
                 to_status=RunStatus(run["status"]), to_step=run["step"], actor_type="agent",
                 actor_id=call.name, now=now, extra=fields, payload=call.payload, keep_lease=True,
                 usage=(call.usage.tokens_in, call.usage.tokens_out, call.usage.cost_micros),
-                fence_owner=self.engine.owner,
+                fence_owner=self.host.owner,
             ).run
         return run
 
     def _gate(self, live: _Live, step: Step, state_sha: str, resume_at: str, reason: str, *, kind: str | None) -> dict[str, Any]:
-        digest = self._engine_module.proposal_digest(
+        digest = proposal_digest(
             live.row["run_id"], state_sha, step.name, resume_at, reason, after_seq=live.row["run_seq"]
         )
         deadline_at = None
         if step.approval_deadline is not None:
-            deadline_at = format_utc(self.engine._clock() + step.approval_deadline)
+            deadline_at = format_utc(self.host.clock() + step.approval_deadline)
         # Approve-by-default only where the machine says so, and never for a
         # budget or error gate: silence must not raise a limit or bless a failure.
         on_timeout = step.on_approval_timeout if kind is None else "fail"
@@ -688,9 +720,8 @@ class StepRunner:
         self, live: _Live, step: Step, view: BaseModel | None, judged: Any, result: Attempt,
         attempt: int, effects: list[dict[str, Any]],
     ) -> Committed | None:
-        row, me = live.row, self.engine.owner
+        row, me = live.row, self.host.owner
         from_step = row["step"]
-        outcome_json = self._engine_module._outcome_json
         counted: list[Any] = []  # the visits written, so the next step need not parse them back
 
         def write(tx: Tx, blobs: list[str]) -> Committed:
@@ -782,7 +813,7 @@ class StepRunner:
         self, live: _Live, step: Step, view: BaseModel, result: Attempt, attempt: int,
         effects: list[dict[str, Any]],
     ) -> Committed | None:
-        machine, row, me = live.machine, live.row, self.engine.owner
+        machine, row, me = live.machine, live.row, self.host.owner
         policy = step.retry or machine.retry
         failure = self._failure(step, machine, result, attempt)
         view_arg = None if step.reads is None else view
@@ -791,7 +822,7 @@ class StepRunner:
             asked = getattr(result.error, "retry_after", None)
             if isinstance(asked, timedelta) and asked > delay:
                 delay = asked  # the service said when; sooner would only fail again
-            now_dt = self.engine._clock()
+            now_dt = self.host.clock()
             if live.limits.deadline_ms is not None and live.running_since is not None:
                 # No point sleeping past the deadline; the budget check then stops the run.
                 end = live.running_since + timedelta(milliseconds=live.limits.deadline_ms)
@@ -843,7 +874,7 @@ class StepRunner:
                 reason = f"{edge.reason}; step {step.name!r} failed ({failure.reason}) and would take its error edge"
                 pending = self._gate(live, step, row["state_sha256"], edge.resume_at, reason, kind="escalation")
                 fields.update(decision=f"request_approval:{edge.resume_at}", reason=reason,
-                              output_sha256=self._blob(tx, blob_json(self._engine_module._outcome_json(edge)), now, blobs))
+                              output_sha256=self._blob(tx, blob_json(outcome_json(edge)), now, blobs))
                 payload.update(resume_at=edge.resume_at, proposal_digest=pending["digest"], summary=edge.summary,
                                error=failure.reason, rules=list(edge.rules))
                 if edge.policy is not None:
@@ -895,7 +926,7 @@ class StepRunner:
         self, live: _Live, step: Step, exceeded: Exceeded, result: Attempt | None = None,
         view: BaseModel | None = None, attempt: int | None = None,
     ) -> Committed | None:
-        row, me = live.row, self.engine.owner
+        row, me = live.row, self.host.owner
         ask = live.limits.on_exceeded == "request_approval"
 
         def write(tx: Tx, blobs: list[str]) -> Committed:
@@ -943,7 +974,7 @@ class StepRunner:
                 tx, self.db.ledger_id, row, event_type="run.failed", to_status=RunStatus.FAILED,
                 to_step=row["step"], actor_type="system", actor_id="statecraft", now=self._now(),
                 extra={"outcome": "failure", "decision": "fail", "error_code": code, "reason": reason},
-                fence_owner=self.engine.owner,
+                fence_owner=self.host.owner,
             )
 
         return self._commit(write)
@@ -960,7 +991,8 @@ class StepRunner:
         """See :meth:`statecraft.engine.Engine.resume`."""
         until = time.monotonic() + (wait.total_seconds() if wait else 0.0)
         while True:
-            info = self.engine.get(run_id)
+            with read_tx(self.db) as tx:
+                info = self.host.info(tx, run_id)
             if info.status != RunStatus.RUNNING:
                 hint = {
                     RunStatus.WAITING_FOR_APPROVAL: "it waits for approval: approve or reject it",
@@ -979,7 +1011,7 @@ class StepRunner:
                 if left <= 0:
                     raise
                 try:
-                    until_free = (parse_utc(held.expires_at) - self.engine._clock()).total_seconds()
+                    until_free = (parse_utc(held.expires_at) - self.host.clock()).total_seconds()
                 except ValueError:  # held by another thread of this engine: no expiry to wait for
                     until_free = 0.2
                 time.sleep(max(0.05, min(left, until_free, 1.0)))
@@ -992,7 +1024,7 @@ class StepRunner:
         out = []
         for run_id, owner, until in rows:
             free = owner is None or (until is not None and until <= now)
-            if not free and owner != self.engine.owner and self.trust_local_pids:
+            if not free and owner != self.host.owner and self.trust_local_pids:
                 free = owner_is_gone(owner)
             if free:
                 out.append(run_id)
@@ -1002,11 +1034,11 @@ class StepRunner:
 
     def claim(self, limit: int, exclude: Sequence[str] = ()) -> list[str]:
         """Lease up to ``limit`` runnable runs for this engine; their ids (see :meth:`Engine.claim`)."""
-        now_dt = self.engine._clock()
-        now, expires = format_utc(now_dt), format_utc(now_dt + self.engine.lease)
+        now_dt = self.host.clock()
+        now, expires = format_utc(now_dt), format_utc(now_dt + self.host.lease)
         with write_tx(self.db, appends=False) as tx:
             claimed = claim_free_runs(
-                tx, owner=self.engine.owner, now=now, expires_at=expires, limit=limit, exclude=exclude
+                tx, owner=self.host.owner, now=now, expires_at=expires, limit=limit, exclude=exclude
             )
         if len(claimed) < limit:
             # Leases that expired, or whose holder died: taken over (and audited) when advanced.
@@ -1065,13 +1097,13 @@ class StepRunner:
                              "on_timeout": "approve" if approve else "fail"},
                     clear_pending=True,
                 ).event
-            self.engine.report(self._report(rid, expired))  # committed: tell the listener
+            self.host.report(self._report(rid, expired))  # committed: tell the listener
             changed.append(rid)
         return changed
 
     def _has_policy(self, conn: Any, row: Mapping[str, Any]) -> bool:
         try:
-            return self.engine._gate(conn, row).policy is not None
+            return self.host.gate_policy(conn, row) is not None
         except ApprovalRefused:  # the proposal was redacted: its policy is unknown, fail closed
             return True
 

@@ -6,13 +6,14 @@ engine returns and what ``--json`` prints.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from .lifecycle import RunStatus
 
-__all__ = ["AuditEvent", "PendingApproval", "RunInfo"]
+__all__ = ["AuditEvent", "PendingApproval", "RunInfo", "StepReport"]
 
 
 class PendingApproval(BaseModel):
@@ -124,3 +125,25 @@ class AuditEvent(BaseModel):
     caused_by_event_id: str | None = None
     payload_json: str | None = None
     payload_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What ``on_event`` callbacks receive after each committed transition.
+
+    Attributes:
+        run_id: the run.
+        event_type: e.g. ``step.completed``, ``approval.requested``.
+        from_step, to_step: the step before and after.
+        status: the run status after the transition.
+        latency_ms: the agent call's wall time (0 for operator actions).
+        reason: the recorded reason, if any.
+    """
+
+    run_id: str
+    event_type: str
+    from_step: str | None
+    to_step: str | None
+    status: RunStatus
+    latency_ms: int
+    reason: str | None

@@ -38,7 +38,8 @@ from types import FrameType
 from typing import Any
 
 from ._time import format_utc, utc_now
-from .engine import Engine, StepReport
+from .engine import Engine
+from .views import StepReport
 from .errors import LeaseHeld, StatecraftError
 from .store.runs import release_all_leases
 from .store.txn import write_tx
@@ -276,8 +277,8 @@ class Worker:
 
     def _release_all(self) -> None:
         """Release every lease this worker holds: abandoned steps then commit nothing (fenced)."""
-        for run_id in list(self.engine._runner.keeper.held()):
-            self.engine._runner.keeper.drop(run_id)
+        for run_id in list(self.engine.runner.keeper.held()):
+            self.engine.runner.keeper.drop(run_id)
         with write_tx(self.engine.db) as tx:
             release_all_leases(tx, self.engine.owner)
 

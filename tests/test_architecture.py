@@ -6,6 +6,8 @@
 - The core never imports statecraft/patterns/ (patterns are built on the core, not in it);
   only the machine's escalation hook reaches the escalation rules, lazily.
 - No module imports another module's private names (``from x import _y``).
+- The step loop never imports the engine: it gets what it needs as an explicit
+  ``Host`` (runner.py), and no module reaches into an engine's private attributes.
 """
 
 from __future__ import annotations
@@ -107,6 +109,32 @@ def test_the_core_never_imports_the_patterns() -> None:
                 if id(node) in top_level or p.name != "machine.py":
                     offenders.append(f"{p.relative_to(PACKAGE)}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_the_step_loop_never_imports_the_engine() -> None:
+    loop = ("runner.py", "execution.py", "transition.py", "leases.py", "budget.py")
+    offenders = [
+        f"{name} imports {module}"
+        for name in loop
+        for module, names in _imports(PACKAGE / name)
+        if module == "statecraft.engine" or (module == "statecraft" and "engine" in names)
+    ]
+    assert not offenders, offenders
+
+
+def test_no_module_reaches_into_an_engines_private_attributes() -> None:
+    offenders = []
+    for p in _modules():
+        if p.name == "engine.py":
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+                continue
+            owner = node.value
+            name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+            if name in ("engine", "_engine"):
+                offenders.append(f"{p.relative_to(PACKAGE)}:{node.lineno}: {name}.{node.attr}")
+    assert not offenders, "\n".join(offenders)
 
 
 # Being restructured on branches that land later this session (the CLI becomes a
