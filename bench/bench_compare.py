@@ -560,14 +560,14 @@ class Statecraft:
         class Fan(BaseModel):
             results: FanOutResult | None = None
 
-        def sleeper(inp: Any, wctx: Any) -> float:
+        def sleeper(inp: Any, bctx: Any) -> float:
             return CLOCK.sleep()
 
         self.fan_machine = Machine(
             "bench_fan8",
             "1",
             Fan,
-            [fan_out("fan", workers={f"w{i}": sleeper for i in range(BRANCHES)}, into="results", max_concurrency=BRANCHES)],
+            [fan_out("fan", branches={f"w{i}": sleeper for i in range(BRANCHES)}, into="results", max_concurrency=BRANCHES)],
         )
         self.path = _fresh(path)
         self.engine = Engine(self.path, synchronous=synchronous)  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
-"""Fan-out wall time: about the slowest worker, not the sum (docs/patterns.md, "Parallel fan-out").
+"""Fan-out wall time: about the slowest branch, not the sum (docs/patterns.md, "Parallel fan-out").
 
-Target (issue #4): 8 workers that each sleep 100 ms finish in under 150 ms
+Target (issue #4): 8 branches that each sleep 100 ms finish in under 150 ms
 with ``max_concurrency=8``, and in about 200 ms with ``max_concurrency=4``.
 
 Two measurements, each repeated:
@@ -34,13 +34,19 @@ from pydantic import BaseModel
 
 from statecraft import Engine, Machine
 from statecraft.agents.base import StepContext
-from statecraft.patterns import FanOutResult, WorkerCall, WorkerContext, fan_out, run_parallel
+from statecraft.patterns import (
+    BranchCall,
+    BranchContext,
+    FanOutResult,
+    fan_out,
+    run_parallel,
+)
 
-WORKERS = 8
+BRANCHES = 8
 SLEEP_S = 0.100
 
 
-def sleeper(inp: Any, wctx: WorkerContext) -> int:
+def sleeper(inp: Any, bctx: BranchContext) -> int:
     time.sleep(SLEEP_S)
     return 1
 
@@ -62,7 +68,7 @@ def _line(label: str, samples_ms: list[float]) -> str:
 
 
 def bench_coordinator(cap: int, repeat: int) -> list[float]:
-    calls = [WorkerCall(f"w{i}", sleeper) for i in range(WORKERS)]
+    calls = [BranchCall(f"w{i}", sleeper) for i in range(BRANCHES)]
     out = []
     for _ in range(repeat):
         started = time.perf_counter()
@@ -73,7 +79,7 @@ def bench_coordinator(cap: int, repeat: int) -> list[float]:
 
 
 def bench_engine(cap: int, repeat: int, db: Path) -> tuple[list[float], list[float]]:
-    step = fan_out("fan", workers={f"w{i}": sleeper for i in range(WORKERS)}, into="results",
+    step = fan_out("fan", branches={f"w{i}": sleeper for i in range(BRANCHES)}, into="results",
                    max_concurrency=cap)
     machine = Machine(f"bench_fanout_cap{cap}", "1", Bench, steps=[step])
     step_ms, wall_ms = [], []
@@ -91,7 +97,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20, help="repetitions per configuration")
     args = parser.parse_args()
-    print(f"fan-out of {WORKERS} workers x {SLEEP_S * 1000:.0f} ms sleep; python {sys.version.split()[0]}")
+    print(f"fan-out of {BRANCHES} branches x {SLEEP_S * 1000:.0f} ms sleep; python {sys.version.split()[0]}")
     print("run_parallel alone (no database):")
     for cap in (8, 4, 2, 1):
         print(_line(f"max_concurrency={cap}", bench_coordinator(cap, args.repeat)))

@@ -45,10 +45,10 @@ from statecraft.loader import load_sibling
 from statecraft.machine import Machine
 from statecraft.outcomes import ApprovalPolicy
 from statecraft.patterns import (
+    BranchContext,
     Criterion,
     DebateRecord,
     Stage,
-    WorkerContext,
     debate,
     pipeline,
 )
@@ -150,7 +150,7 @@ def advocate_input(state: Any, ctx: StepContext) -> dict[str, Any]:
     }
 
 
-def conservative(case: dict[str, Any], wctx: WorkerContext) -> Position:
+def conservative(case: dict[str, Any], bctx: BranchContext) -> Position:
     """Every medium or high risk blocks; a contract without protective clauses blocks too."""
     flagged = {r["category"] for r in case["risks"] if r["severity"] in ("medium", "high")}
     present = {f["category"] for f in case["findings"]}
@@ -162,7 +162,7 @@ def conservative(case: dict[str, Any], wctx: WorkerContext) -> Position:
     return Position(verdict="escalate" if high else "accept", high_risk=high, rationale=why, confidence=70)
 
 
-def precise(case: dict[str, Any], wctx: WorkerContext) -> Position:
+def precise(case: dict[str, Any], bctx: BranchContext) -> Position:
     """Only what the rules rate high blocks; medium risks are negotiable."""
     high = sorted({r["category"] for r in case["risks"] if r["severity"] == "high"})
     mediums = sorted({r["rule_id"] for r in case["risks"] if r["severity"] == "medium"})

@@ -42,13 +42,13 @@ from statecraft.loader import load_sibling
 from statecraft.machine import Machine
 from statecraft.patterns import (
     Accept,
+    BranchContext,
     Drop,
     Redelegate,
     Stage,
     Subtask,
     SubtaskResult,
     Supervision,
-    WorkerContext,
     pipeline,
     supervisor,
 )
@@ -170,7 +170,7 @@ def _unique(items: list[Found], limit: int = 10) -> list[Found]:
     return list(seen.values())[:limit]
 
 
-# -- specialists (each: (subtask, wctx) -> structured output) ------------------------------
+# -- specialists (each: (subtask, bctx) -> structured output) ------------------------------
 
 _ORG = re.compile(
     r"\b((?:[A-Z][A-Za-z0-9&'’.-]*\s){0,3}[A-Z][A-Za-z0-9&'’.-]*,?\s"
@@ -180,9 +180,9 @@ _ROLES = ("Customer", "Provider", "Licensee", "Licensor", "Developer", "Sponsor"
           "Supplier", "Subscriber", "Partner", "Controller", "Processor", "Member")
 
 
-def parties(subtask: Subtask, wctx: WorkerContext) -> Parties:
+def parties(subtask: Subtask, bctx: BranchContext) -> Parties:
     """Organisations (``X, Inc.``) and capitalised party roles used at least three times."""
-    text = rules.strip_markup(_text(wctx))
+    text = rules.strip_markup(_text(bctx))
     scope = (subtask.input or {}).get("scope", "preamble")
     window = text[:PREAMBLE_CHARS] if scope == "preamble" else text
     orgs = list(dict.fromkeys(" ".join(m.group(1).split()).rstrip(",") for m in _ORG.finditer(window)))
@@ -199,9 +199,9 @@ _DATE_PATTERNS = (
 )
 
 
-def dates(subtask: Subtask, wctx: WorkerContext) -> Dates:
+def dates(subtask: Subtask, bctx: BranchContext) -> Dates:
     """Calendar dates (three spellings), normalised to ISO, first ten distinct."""
-    text = _text(wctx)
+    text = _text(bctx)
     found = []
     for pattern, fmt in _DATE_PATTERNS:
         for m in pattern.finditer(text):
@@ -221,9 +221,9 @@ _PERCENT = re.compile(r"\b\d+(?:\.\d+)?\s?%|\b\d+(?:\.\d+)?\s(?:percent|per cent
 _PERIOD = re.compile(r"\b(?:\d+|[a-z]+ \(\d+\))\s(?:business\s)?(?:days|months|years)\b", re.I)
 
 
-def amounts(subtask: Subtask, wctx: WorkerContext) -> Amounts:
+def amounts(subtask: Subtask, bctx: BranchContext) -> Amounts:
     """Money amounts, percentages and periods (first ten distinct of each)."""
-    text = _text(wctx)
+    text = _text(bctx)
 
     def grab(pattern: re.Pattern[str]) -> list[Found]:
         return _unique([Found(text=m.group(0), line=_line(text, m.start()),
@@ -233,9 +233,9 @@ def amounts(subtask: Subtask, wctx: WorkerContext) -> Amounts:
     return Amounts(money=grab(_MONEY), percentages=grab(_PERCENT), periods=grab(_PERIOD))
 
 
-def clauses(subtask: Subtask, wctx: WorkerContext) -> Clauses:
+def clauses(subtask: Subtask, bctx: BranchContext) -> Clauses:
     """Clause categories found, with the best finding of each (contract_review's rules)."""
-    findings = rules.detect_clauses(rules.Document(_text(wctx)))
+    findings = rules.detect_clauses(rules.Document(_text(bctx)))
     best: dict[str, Any] = {}
     for c in findings:
         if c.category not in best or c.confidence > best[c.category].confidence:
@@ -245,9 +245,9 @@ def clauses(subtask: Subtask, wctx: WorkerContext) -> Clauses:
     return Clauses(found=found, missing=[c for c in rules.CATEGORIES if c not in found])
 
 
-def metadata(subtask: Subtask, wctx: WorkerContext) -> Metadata:
+def metadata(subtask: Subtask, bctx: BranchContext) -> Metadata:
     """Title, size, section count and top-level headings."""
-    text = _text(wctx)
+    text = _text(bctx)
     doc = rules.Document(text)
     depths = sorted({len(s.path) for s in doc.sections if s.path})
     # Under a single title heading, the top level is the one below it.

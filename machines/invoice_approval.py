@@ -51,7 +51,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from statecraft.agents.base import RecordedCall, StepContext
 from statecraft.machine import Machine, Step
 from statecraft.outcomes import ApprovalPolicy, Finish, Goto, Outcome
-from statecraft.patterns import amount_above, flagged_terms, low_confidence, missing_fields
+from statecraft.patterns import (
+    amount_above,
+    flagged_terms,
+    low_confidence,
+    missing_fields,
+)
 
 VERSION = "1"
 FINANCE = ("user:cfo", "user:controller", "user:treasurer")

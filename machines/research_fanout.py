@@ -32,7 +32,14 @@ from pydantic import BaseModel, ConfigDict
 
 from statecraft.agents.base import StepContext
 from statecraft.machine import Machine
-from statecraft.patterns import Deadline, FanOutResult, Stage, WorkerContext, fan_out, pipeline
+from statecraft.patterns import (
+    BranchContext,
+    Deadline,
+    FanOutResult,
+    Stage,
+    fan_out,
+    pipeline,
+)
 from statecraft.policy import RetryPolicy
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
@@ -56,7 +63,7 @@ class Research(BaseModel):
     gaps: list[str] = []
 
 
-# -- sources (workers) -------------------------------------------------------------
+# -- sources (branches) -------------------------------------------------------------
 
 GLOSSARY = {
     "idempotency": "Idempotency: repeating an operation has the same effect as doing it once; "
@@ -91,23 +98,23 @@ def _matches(text: str, terms: list[str]) -> bool:
     return any(t in low for t in terms)
 
 
-def glossary(query: Any, wctx: WorkerContext) -> dict[str, Any]:
+def glossary(query: Any, bctx: BranchContext) -> dict[str, Any]:
     """Built-in glossary: entries whose term or text mentions a search term."""
     hits = [v for k, v in GLOSSARY.items() if any(t.startswith(k[:5]) or k in t for t in query["terms"])]
     return {"source": "glossary", "passages": hits}
 
 
-def handbook(query: Any, wctx: WorkerContext) -> dict[str, Any]:
+def handbook(query: Any, bctx: BranchContext) -> dict[str, Any]:
     """Built-in engineering handbook: rules mentioning a search term."""
     return {"source": "handbook", "passages": [p for p in HANDBOOK if _matches(p, query["terms"])]}
 
 
-def faq(query: Any, wctx: WorkerContext) -> dict[str, Any]:
+def faq(query: Any, bctx: BranchContext) -> dict[str, Any]:
     """Built-in FAQ: answers whose topic is a search term."""
     return {"source": "faq", "passages": [v for k, v in FAQ.items() if any(k in t for t in query["terms"])]}
 
 
-def sample_documents(query: Any, wctx: WorkerContext) -> dict[str, Any]:
+def sample_documents(query: Any, bctx: BranchContext) -> dict[str, Any]:
     """Sentences of machines/samples/*.md that mention a search term (at most five)."""
     found: list[str] = []
     for path in sorted(SAMPLES.glob("*.md")):
@@ -120,20 +127,20 @@ def sample_documents(query: Any, wctx: WorkerContext) -> dict[str, Any]:
     return {"source": "samples", "passages": found}
 
 
-def flaky_index(query: Any, wctx: WorkerContext) -> dict[str, Any]:
+def flaky_index(query: Any, bctx: BranchContext) -> dict[str, Any]:
     """A search index that fails its first attempt (a transient error), then answers."""
-    if wctx.attempt == 1:
+    if bctx.attempt == 1:
         raise ConnectionError("index shard unavailable (simulated transient failure)")
     return {"source": "index", "passages": [f"index: {len(query['terms'])} terms matched 3 documents"]}
 
 
-def slow_archive(query: Any, wctx: WorkerContext) -> dict[str, Any]:
+def slow_archive(query: Any, bctx: BranchContext) -> dict[str, Any]:
     """A remote archive that takes 2 s: always over the 250 ms timeout.
 
-    Waits on ``wctx.cancelled`` rather than sleeping, so an abandoned attempt
+    Waits on ``bctx.cancelled`` rather than sleeping, so an abandoned attempt
     ends as soon as the fan-out gives up on it.
     """
-    wctx.cancelled.wait(2.0)
+    bctx.cancelled.wait(2.0)
     return {"source": "archive", "passages": ["archive: nothing new"]}
 
 
@@ -201,12 +208,12 @@ machine: Machine[Research] = Machine(
         *_plan,
         fan_out(
             "research",
-            workers=SOURCES,
+            branches=SOURCES,
             inputs=queries,
             into="findings",
             next="report",
             max_concurrency=4,
-            worker_timeout=timedelta(milliseconds=250),
+            branch_timeout=timedelta(milliseconds=250),
             retry=RetryPolicy(max_attempts=2, initial_interval=timedelta(milliseconds=20)),
             completion=Deadline(timedelta(milliseconds=600), min_success=2),
             reads=["question", "terms"],

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from statecraft.agents.base import StepContext, Usage
 from statecraft.machine import Machine, Step
 from statecraft.outcomes import Finish, Outcome
-from statecraft.patterns import RouteDecision, Rule, WorkerContext, router
+from statecraft.patterns import BranchContext, RouteDecision, Rule, router
 
 ENTERPRISE_PLANS = ("enterprise",)
 
@@ -91,14 +91,14 @@ _WEAK = {
 }
 
 
-def weak_signal_classifier(state: Any, wctx: WorkerContext) -> str | None:
+def weak_signal_classifier(state: Any, bctx: BranchContext) -> str | None:
     """Stand-in for an LLM classifier: scores weak words; ``None`` when nothing stands out.
 
     Reports usage the way an LLM agent would (tokens ~ words), so the
     ``agent.called`` event shows what a real classifier would cost.
     """
     words = re.findall(r"[a-z0-9']+", f"{state.subject} {state.body}".lower())
-    wctx.record_usage(Usage(tokens_in=len(words) + 40, tokens_out=3, model_provider="statecraft",
+    bctx.record_usage(Usage(tokens_in=len(words) + 40, tokens_out=3, model_provider="statecraft",
                             model_id="weak-signal-classifier-v1", prompt_version="triage-1"))
     scores = {route: sum(words.count(w) for w in vocab) for route, vocab in _WEAK.items()}
     best = max(scores.values())

@@ -8,8 +8,8 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from statecraft import Engine, Finish, Goto, Machine, RunStatus, Step
-from statecraft.patterns import Quorum, WorkerCall, run_parallel
+from statecraft import Engine, Finish, Machine, RunStatus, Step
+from statecraft.patterns import BranchCall, Quorum, run_parallel
 from tests.support.reliability import Counter, assert_ledger_ok
 
 
@@ -79,7 +79,7 @@ def test_async_fan_out_branches_run_concurrently_on_one_event_loop(engine: Engin
     running, peak = [0], [0]
     lock = threading.Lock()
 
-    async def branch(given: Any, wctx: Any) -> int:
+    async def branch(given: Any, bctx: Any) -> int:
         loops.add(id(asyncio.get_running_loop()))
         with lock:
             running[0] += 1
@@ -90,7 +90,7 @@ def test_async_fan_out_branches_run_concurrently_on_one_event_loop(engine: Engin
         return int(given)
 
     def fan(state: Counter, ctx: Any) -> Finish:
-        result = run_parallel(ctx, [WorkerCall(f"b{i}", branch, input=i) for i in range(8)], max_concurrency=8)
+        result = run_parallel(ctx, [BranchCall(f"b{i}", branch, input=i) for i in range(8)], max_concurrency=8)
         return Finish(update={"n": sum(result.outputs.values())})
 
     m = Machine("async", "1", Counter, [Step("fan", fan, writes=["n"], may_finish=True)])
@@ -106,12 +106,12 @@ def test_an_abandoned_async_branch_is_cancelled(engine: Engine) -> None:
     cancelled = threading.Event()
     slow_started = threading.Event()
 
-    async def quick(given: Any, wctx: Any) -> str:
+    async def quick(given: Any, bctx: Any) -> str:
         while not slow_started.is_set():  # so the slow one is inside its await when abandoned
             await asyncio.sleep(0.01)
         return "ok"
 
-    async def slow(given: Any, wctx: Any) -> str:
+    async def slow(given: Any, bctx: Any) -> str:
         slow_started.set()
         try:
             await asyncio.sleep(30)
@@ -123,10 +123,10 @@ def test_an_abandoned_async_branch_is_cancelled(engine: Engine) -> None:
     def fan(state: Counter, ctx: Any) -> Finish:
         started = time.monotonic()
         result = run_parallel(
-            ctx, [WorkerCall("quick", quick), WorkerCall("slow", slow)], completion=Quorum(1),
+            ctx, [BranchCall("quick", quick), BranchCall("slow", slow)], completion=Quorum(1),
         )
         assert time.monotonic() - started < 10
-        assert result.workers["slow"].status == "cancelled"
+        assert result.branches["slow"].status == "cancelled"
         return Finish()
 
     m = Machine("async", "1", Counter, [Step("fan", fan, may_finish=True)])

@@ -16,7 +16,7 @@ import pytest
 from pydantic import BaseModel
 
 from statecraft import ClaudeAgent, Engine, Finish, Goto, Machine, RunStatus, Step
-from statecraft.patterns import WorkerCall, run_parallel
+from statecraft.patterns import BranchCall, run_parallel
 from tests.agents.test_claude_agent import CONTRACT, SONNET, Triage
 from tests.support.fake_anthropic import FakeAnthropic, fake_anthropic, json_message, usage  # noqa: F401
 
@@ -60,11 +60,11 @@ def test_one_run_is_one_trace_of_run_step_attempt_llm_and_tool_spans(
         prompt="Classify <task>.", output=Triage, decide=_decide, client=fake_anthropic.client(),
     )
 
-    def branch(given: Any, wctx: Any) -> int:
+    def branch(given: Any, bctx: Any) -> int:
         return 1
 
     def gather(state: Doc, ctx: Any) -> Finish:
-        result = run_parallel(ctx, [WorkerCall("a", branch), WorkerCall("b", branch)])
+        result = run_parallel(ctx, [BranchCall("a", branch), BranchCall("b", branch)])
         ctx.once("notify", lambda key: {"sent": True})
         return Finish(update={"sources": len(result.outputs)})
 

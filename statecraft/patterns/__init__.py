@@ -27,13 +27,13 @@ from .escalation import (
 from .fanout import fan_out
 from .parallel import (
     All,
+    BranchCall,
+    BranchContext,
+    BranchReport,
     Completion,
     Deadline,
     FanOutResult,
     Quorum,
-    WorkerCall,
-    WorkerContext,
-    WorkerReport,
     run_parallel,
 )
 from .pipeline import Stage, pipeline
@@ -70,9 +70,9 @@ __all__ = [
     "Subtask",
     "SubtaskResult",
     "Supervision",
-    "WorkerCall",
-    "WorkerContext",
-    "WorkerReport",
+    "BranchCall",
+    "BranchContext",
+    "BranchReport",
     "amount_above",
     "debate",
     "default_review",

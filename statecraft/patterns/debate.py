@@ -2,7 +2,7 @@
 
 ``debate(...)`` returns one step. Two or more **advocates** process the same
 input concurrently and independently: each gets its own deep copy of the
-input and a worker context with no access to the others' outputs (they run
+input and a branch context with no access to the others' outputs (they run
 at the same time, so none could wait for another's). Each returns a
 structured position, validated against ``position_model``.
 
@@ -46,11 +46,17 @@ from ..agents.base import RecordedCall, StepContext
 from ..machine import Step
 from ..outcomes import ApprovalPolicy, Goto, Outcome, RequestApproval
 from ..policy import RetryPolicy
-from .parallel import WorkerCall, WorkerContext, callable_name, config_digest, run_parallel
+from .parallel import (
+    BranchCall,
+    BranchContext,
+    callable_name,
+    config_digest,
+    run_parallel,
+)
 
 __all__ = ["Criterion", "CriterionVerdict", "DebateRecord", "debate"]
 
-Advocate = Callable[[Any, WorkerContext], Any]
+Advocate = Callable[[Any, BranchContext], Any]
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,7 @@ class _DebateAgent:
         approvers: ApprovalPolicy | None,
         inputs: Callable[[Any, StepContext], Any] | None,
         max_concurrency: int,
-        worker_timeout: timedelta | None,
+        branch_timeout: timedelta | None,
         retry: RetryPolicy | None,
     ) -> None:
         self.advocates = dict(advocates)
@@ -154,7 +160,7 @@ class _DebateAgent:
         self.approvers = approvers
         self.inputs = inputs
         self.max_concurrency = max_concurrency
-        self.worker_timeout = worker_timeout
+        self.branch_timeout = branch_timeout
         self.retry = retry
         self.agent_name = f"debate:{name}"
         self.agent_version = config_digest(
@@ -163,14 +169,14 @@ class _DebateAgent:
                 "position_model": position_model, "prefer": prefer,
                 "approvers": None if approvers is None else approvers.describe(),
                 "inputs": inputs, "max_concurrency": max_concurrency,
-                "worker_timeout": worker_timeout, "retry": retry,
+                "branch_timeout": branch_timeout, "retry": retry,
             }
         )
 
     def __call__(self, state: Any, ctx: StepContext) -> Outcome:
         shared = self.inputs(state, ctx) if self.inputs is not None else state
         calls = [
-            WorkerCall(
+            BranchCall(
                 key=adv,
                 fn=fn,
                 # Each advocate gets its own copy: none can see, or change, what another gets.
@@ -183,7 +189,7 @@ class _DebateAgent:
             for adv, fn in self.advocates.items()
         ]
         agg = run_parallel(
-            ctx, calls, max_concurrency=self.max_concurrency, worker_timeout=self.worker_timeout,
+            ctx, calls, max_concurrency=self.max_concurrency, branch_timeout=self.branch_timeout,
             retry=self.retry, label=self.agent_name,
         )
         positions = agg.outputs
@@ -284,7 +290,7 @@ def debate(
     approvers: ApprovalPolicy | None = None,
     inputs: Callable[[Any, StepContext], Any] | None = None,
     max_concurrency: int | None = None,
-    worker_timeout: timedelta | None = None,
+    branch_timeout: timedelta | None = None,
     retry: RetryPolicy | None = None,
     reads: Sequence[str] | None = None,
     description: str = "",
@@ -293,7 +299,7 @@ def debate(
 
     Args:
         name: the step's name.
-        advocates: advocate name -> ``(input, wctx) -> position`` (at least two).
+        advocates: advocate name -> ``(input, bctx) -> position`` (at least two).
         rubric: the criteria; all must agree for consensus (at least one).
         position_model: the pydantic model every position must fit.
         into: state field for the :class:`DebateRecord`.
@@ -304,7 +310,7 @@ def debate(
         inputs: ``(state_view, ctx) -> input`` given (copied) to every advocate;
             default: the state view.
         max_concurrency: default: one slot per advocate.
-        worker_timeout, retry: per advocate (statecraft/patterns/parallel.py).
+        branch_timeout, retry: per advocate (statecraft/patterns/parallel.py).
         reads: state fields the step sees (``None``: all).
         description: one line for the docs.
 
@@ -323,7 +329,7 @@ def debate(
         raise ValueError(f"debate {name!r}: prefer={prefer!r} is not an advocate")
     agent = _DebateAgent(
         name, advocates, rubric, position_model, into, next, prefer, approvers, inputs,
-        max_concurrency or len(advocates), worker_timeout, retry,
+        max_concurrency or len(advocates), branch_timeout, retry,
     )
     return Step(
         name,

@@ -1,15 +1,15 @@
-"""Parallel fan-out with aggregation: one step, N workers, a completion policy.
+"""Parallel fan-out with aggregation: one step, N branches, a completion policy.
 
 ``fan_out(...)`` returns a :class:`~statecraft.machine.Step` whose agent runs
-the workers concurrently (at most ``max_concurrency`` at once, each attempt
-under ``worker_timeout``, retried per ``retry``) and writes a
+the branches concurrently (at most ``max_concurrency`` at once, each attempt
+under ``branch_timeout``, retried per ``retry``) and writes a
 :class:`FanOutResult` into the state field ``into``. Failed or timed-out
-workers are *flagged* in that aggregate; they fail the step only when the
+branches are *flagged* in that aggregate; they fail the step only when the
 completion policy is not satisfied (``All(strict=True)``, an unreachable
 ``Quorum(n)``, a ``min_success`` not met). Then the step goes to
 ``on_failure`` if declared, else the run fails with ``fan_out_unsatisfied``.
 
-Every worker attempt is its own ``agent.called`` audit event and the step
+Every branch attempt is its own ``agent.called`` audit event and the step
 adds one ``fanout.completed`` event (statecraft/patterns/parallel.py).
 
 Example::
@@ -20,9 +20,9 @@ Example::
 
     research = fan_out(
         "research",
-        workers={"glossary": glossary, "faq": faq, "archive": archive},
+        branches={"glossary": glossary, "faq": faq, "archive": archive},
         into="findings", next="report",
-        max_concurrency=4, worker_timeout=timedelta(milliseconds=250),
+        max_concurrency=4, branch_timeout=timedelta(milliseconds=250),
         retry=RetryPolicy(max_attempts=2, initial_interval=timedelta(milliseconds=10)),
         completion=Deadline(timedelta(milliseconds=400), min_success=2),
     )
@@ -42,10 +42,9 @@ from ..outcomes import Fail, Finish, Goto, Outcome
 from ..policy import RetryPolicy
 from .parallel import (
     All,
+    BranchCall,
+    BranchFn,
     Completion,
-    FanOutResult,
-    WorkerCall,
-    WorkerFn,
     callable_name,
     config_digest,
     run_parallel,
@@ -63,34 +62,34 @@ class _FanOutAgent:
     def __init__(
         self,
         name: str,
-        workers: Mapping[str, WorkerFn],
+        branches: Mapping[str, BranchFn],
         inputs: Callable[[Any, StepContext], Mapping[str, Any]] | None,
         into: str,
         next_step: str | None,
         on_failure: str | None,
         max_concurrency: int,
-        worker_timeout: timedelta | None,
+        branch_timeout: timedelta | None,
         retry: RetryPolicy | None,
         completion: Completion,
         output_model: type[BaseModel] | Mapping[str, type[BaseModel]] | None,
     ) -> None:
-        self.workers = dict(workers)
+        self.branches = dict(branches)
         self.inputs = inputs
         self.into = into
         self.next_step = next_step
         self.on_failure = on_failure
         self.max_concurrency = max_concurrency
-        self.worker_timeout = worker_timeout
+        self.branch_timeout = branch_timeout
         self.retry = retry
         self.completion = completion
         self.output_model = output_model
         self.agent_name = f"fan_out:{name}"
         self.agent_version = config_digest(
             {
-                "workers": self.workers,
+                "branches": self.branches,
                 "inputs": inputs,
                 "max_concurrency": max_concurrency,
-                "worker_timeout": worker_timeout,
+                "branch_timeout": branch_timeout,
                 "retry": retry,
                 "completion": completion,
                 "output_model": output_model,
@@ -104,11 +103,11 @@ class _FanOutAgent:
 
     def __call__(self, state: Any, ctx: StepContext) -> Outcome:
         given = dict(self.inputs(state, ctx)) if self.inputs is not None else {}
-        unknown = sorted(set(given) - set(self.workers))
+        unknown = sorted(set(given) - set(self.branches))
         if unknown:
-            return Fail(f"fan-out inputs name unknown workers {unknown}", error_code="fan_out_inputs")
+            return Fail(f"fan-out inputs name unknown branches {unknown}", error_code="fan_out_inputs")
         calls = [
-            WorkerCall(
+            BranchCall(
                 key=key,
                 fn=fn,
                 input=given.get(key, state),
@@ -116,22 +115,22 @@ class _FanOutAgent:
                 agent_version=getattr(fn, "agent_version", None),
                 output_model=self._model_for(key),
             )
-            for key, fn in self.workers.items()
+            for key, fn in self.branches.items()
         ]
         result = run_parallel(
             ctx,
             calls,
             max_concurrency=self.max_concurrency,
-            worker_timeout=self.worker_timeout,
+            branch_timeout=self.branch_timeout,
             retry=self.retry,
             completion=self.completion,
             label=self.agent_name,
         )
         update = {self.into: result.model_dump(mode="json")}
         flagged = sorted(result.flagged)
-        reason = f"{len(result.outputs)}/{len(result.workers)} workers succeeded ({result.policy}, {result.stopped})"
+        reason = f"{len(result.outputs)}/{len(result.branches)} branches succeeded ({result.policy}, {result.stopped})"
         if flagged:
-            reason += f"; flagged: {', '.join(f'{k}={result.workers[k].status}' for k in flagged)}"
+            reason += f"; flagged: {', '.join(f'{k}={result.branches[k].status}' for k in flagged)}"
         if not result.satisfied:
             if self.on_failure is not None:
                 return Goto(self.on_failure, update=update, reason=f"completion policy not satisfied: {reason}")
@@ -144,12 +143,12 @@ class _FanOutAgent:
 def fan_out(
     name: str,
     *,
-    workers: Mapping[str, WorkerFn],
+    branches: Mapping[str, BranchFn],
     into: str,
     next: str | None = None,
     inputs: Callable[[Any, StepContext], Mapping[str, Any]] | None = None,
     max_concurrency: int = 4,
-    worker_timeout: timedelta | None = None,
+    branch_timeout: timedelta | None = None,
     retry: RetryPolicy | None = None,
     completion: Completion | None = None,
     on_failure: str | None = None,
@@ -158,29 +157,29 @@ def fan_out(
     escalate: Sequence[EscalationRule] = (),
     description: str = "",
 ) -> Step:
-    """A step that runs ``workers`` concurrently and writes their aggregate into ``into``.
+    """A step that runs ``branches`` concurrently and writes their aggregate into ``into``.
 
     Args:
         name: the step's name.
-        workers: worker name -> ``(input, wctx) -> output``. Output is
-            JSON-compatible or a pydantic model; ``wctx`` is a
-            :class:`~statecraft.patterns.WorkerContext` (task, clock,
+        branches: branch name -> ``(input, bctx) -> output``. Output is
+            JSON-compatible or a pydantic model; ``bctx`` is a
+            :class:`~statecraft.patterns.BranchContext` (task, clock,
             usage, idempotency keys, ``cancelled``).
         into: state field receiving the :class:`FanOutResult` (as its JSON
             form; declare it ``FanOutResult | None``).
         next: step to go to when the policy is satisfied; ``None`` finishes the run.
-        inputs: ``(state_view, ctx) -> {worker: input}``; workers it omits
-            receive the state view. Default: every worker gets the state view.
+        inputs: ``(state_view, ctx) -> {branch: input}``; branches it omits
+            receive the state view. Default: every branch gets the state view.
         max_concurrency: cap on simultaneous attempts (>= 1).
-        worker_timeout: per-attempt timeout; an attempt over it is abandoned
+        branch_timeout: per-attempt timeout; an attempt over it is abandoned
             (its thread runs on: see statecraft/patterns/parallel.py) and
             flagged ``timeout``.
-        retry: per-worker retry policy (default none). Distinct from the
+        retry: per-branch retry policy (default none). Distinct from the
             step's own ``retry``, which would re-run the whole fan-out.
         completion: ``All()`` (default), ``Quorum(n)`` or ``Deadline(after)``.
         on_failure: step to go to (with the partial aggregate) when the policy
             is not satisfied; ``None`` fails the run with ``fan_out_unsatisfied``.
-        output_model: structured-output contract, for every worker or per worker name.
+        output_model: structured-output contract, for every branch or per branch name.
         reads: state fields the step sees (``None``: all).
         escalate: escalation rules on the step's outcome (needs ``next``).
         description: one line for the docs.
@@ -190,14 +189,14 @@ def fan_out(
         ``writes`` = ``[into]``.
 
     Raises:
-        ValueError: no workers, or ``max_concurrency`` < 1.
+        ValueError: no branches, or ``max_concurrency`` < 1.
     """
-    if not workers:
-        raise ValueError(f"fan_out {name!r} needs at least one worker")
+    if not branches:
+        raise ValueError(f"fan_out {name!r} needs at least one branch")
     if max_concurrency < 1:
         raise ValueError(f"fan_out {name!r}: max_concurrency must be >= 1")
     agent = _FanOutAgent(
-        name, workers, inputs, into, next, on_failure, max_concurrency, worker_timeout,
+        name, branches, inputs, into, next, on_failure, max_concurrency, branch_timeout,
         retry, completion or All(), output_model,
     )
     return Step(
@@ -209,5 +208,5 @@ def fan_out(
         may_finish=next is None,
         escalate=escalate,
         description=description
-        or f"fan out to {', '.join(workers)} (cap {max_concurrency}, {agent.completion.describe()})",
+        or f"fan out to {', '.join(branches)} (cap {max_concurrency}, {agent.completion.describe()})",
     )

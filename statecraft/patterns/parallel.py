@@ -1,13 +1,13 @@
-"""Running worker calls concurrently inside one step: cap, per-worker timeout, retry, completion.
+"""Running branch calls concurrently inside one step: cap, per-branch timeout, retry, completion.
 
 The engine runs a step's agent once per attempt, outside any transaction; a
 pattern that needs several sub-calls (fan-out, supervisor specialists,
 debate advocates) makes them here, inside that agent, and records each call
-through ``ctx.record_call``, so every attempt of every worker becomes its own
+through ``ctx.record_call``, so every attempt of every branch becomes its own
 audit event written in the step's transaction (``agent.called``, outcome
 ``success`` / ``failure`` / ``timeout`` / ``cancelled``, latency, attempt,
 input and output by hash). A closing ``fanout.completed`` event records the
-policy, why the fan-out stopped and every worker's final status, so the
+policy, why the fan-out stopped and every branch's final status, so the
 aggregate can be reconstructed from the log alone.
 
 Concurrency model, and its hazard
@@ -15,30 +15,30 @@ Concurrency model, and its hazard
 ``max_concurrency`` **daemon** slot threads pull attempts from a queue; a
 slot that finishes an attempt starts the next one itself, and the
 coordinating thread (the step's) only wakes for ends, timeouts, retry
-backoffs and the deadline. Wall time is therefore about the slowest worker,
+backoffs and the deadline. Wall time is therefore about the slowest branch,
 not the sum (bench/bench_fanout.py measures it).
 
-Python cannot kill a thread. A worker that exceeds ``worker_timeout`` (or is
+Python cannot kill a thread. A branch that exceeds ``branch_timeout`` (or is
 still running when a quorum or deadline ends the fan-out) is **abandoned**:
 its result is ignored, its context's ``cancelled`` event is set, a new slot
 thread replaces it, and the old thread runs on in the background until the
 callable returns. So:
 
-- an abandoned worker still consumes CPU, memory, connections and API quota,
+- an abandoned branch still consumes CPU, memory, connections and API quota,
   and more than ``max_concurrency`` threads may briefly exist;
-- its side effects still happen: workers must be free of side effects, or
-  make them idempotent (``wctx.idempotency_key``);
-- long-running workers should poll ``wctx.cancelled`` (or sleep with
-  ``wctx.cancelled.wait(seconds)``) to stop early.
+- its side effects still happen: branches must be free of side effects, or
+  make them idempotent (``bctx.idempotency_key``);
+- long-running branches should poll ``bctx.cancelled`` (or sleep with
+  ``bctx.cancelled.wait(seconds)``) to stop early.
 
-A worker that is a coroutine function (``async def``) is awaited on the
+A branch that is a coroutine function (``async def``) is awaited on the
 process's one event loop (``statecraft.execution.event_loop``) while its
 slot waits; abandoning it *cancels* it (``CancelledError`` at its next
-``await``), so async workers do not run on in the background.
+``await``), so async branches do not run on in the background.
 
 Daemon threads (rather than a ``concurrent.futures.ThreadPoolExecutor``,
 whose threads the interpreter joins at exit, and which cannot replace a stuck
-thread) keep one hung worker from hanging the process, e.g. the CLI, after
+thread) keep one hung branch from hanging the process, e.g. the CLI, after
 the step has committed.
 """
 
@@ -57,13 +57,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_jsonable_python
 
 from ..agents.base import RecordedCall, StepContext, Usage
 from ..execution import is_async_callable, submit
-from ..tracing import copy_context, span
 from ..policy import RetryPolicy
+from ..tracing import copy_context, span
 
 __all__ = [
     "All",
@@ -71,13 +71,13 @@ __all__ = [
     "Deadline",
     "FanOutResult",
     "Quorum",
-    "WorkerCall",
-    "WorkerContext",
-    "WorkerReport",
+    "BranchCall",
+    "BranchContext",
+    "BranchReport",
     "run_parallel",
 ]
 
-WorkerStatus = Literal["success", "failure", "timeout", "cancelled", "not_started"]
+BranchStatus = Literal["success", "failure", "timeout", "cancelled", "not_started"]
 
 
 # -- completion policies ------------------------------------------------------------
@@ -85,15 +85,15 @@ WorkerStatus = Literal["success", "failure", "timeout", "cancelled", "not_starte
 
 @dataclass(frozen=True)
 class All:
-    """Wait until every worker has finished (succeeded, or failed after its retries).
+    """Wait until every branch has finished (succeeded, or failed after its retries).
 
-    Failed and timed-out workers are flagged in the aggregate; the fan-out is
+    Failed and timed-out branches are flagged in the aggregate; the fan-out is
     *satisfied* (not fatal) unless fewer than ``min_success`` succeeded, or
     ``strict`` and any failed (a strict fan-out stops at the first final failure).
 
     Attributes:
         min_success: successes needed for the fan-out to count as satisfied.
-        strict: every worker must succeed.
+        strict: every branch must succeed.
     """
 
     min_success: int = 0
@@ -108,7 +108,7 @@ class All:
 
 @dataclass(frozen=True)
 class Quorum:
-    """Finish as soon as ``n`` workers have succeeded; abandon the rest (flagged ``cancelled``).
+    """Finish as soon as ``n`` branches have succeeded; abandon the rest (flagged ``cancelled``).
 
     Unsatisfied (and stopped early) as soon as ``n`` successes became impossible.
     """
@@ -126,10 +126,10 @@ class Quorum:
 
 @dataclass(frozen=True)
 class Deadline:
-    """Wait for every worker, but no longer than ``after``; then go on with partial results.
+    """Wait for every branch, but no longer than ``after``; then go on with partial results.
 
-    Workers still running at the deadline are abandoned and flagged
-    ``timeout``; workers never started are flagged ``not_started``.
+    Branches still running at the deadline are abandoned and flagged
+    ``timeout``; branches never started are flagged ``not_started``.
     Satisfied when at least ``min_success`` succeeded.
     """
 
@@ -152,29 +152,29 @@ Completion = All | Quorum | Deadline
 # -- results ---------------------------------------------------------------------------
 
 
-class WorkerReport(BaseModel):
-    """One worker's final result in an aggregate (kept in the state; timings live in the audit).
+class BranchReport(BaseModel):
+    """One branch's final result in an aggregate (kept in the state; timings live in the audit).
 
     Attributes:
         status: ``success``; ``failure`` (raised, or output broke its
             contract, after retries); ``timeout`` (exceeded its timeout or
             the deadline); ``cancelled`` (abandoned because the policy
             settled); ``not_started``.
-        output: the worker's JSON output when ``success``.
+        output: the branch's JSON output when ``success``.
         error: one line when not ``success``.
         attempts: attempts started (0 when ``not_started``).
     """
 
     model_config = ConfigDict(frozen=True)
 
-    status: WorkerStatus
+    status: BranchStatus
     output: Any = None
     error: str | None = None
     attempts: int = 0
 
 
 class FanOutResult(BaseModel):
-    """The aggregate of a fan-out: every worker's report, flagged failures included.
+    """The aggregate of a fan-out: every branch's report, flagged failures included.
 
     Declare a state field ``FanOutResult | None`` to hold it.
 
@@ -183,7 +183,8 @@ class FanOutResult(BaseModel):
         satisfied: whether the policy's success condition held.
         stopped: why the fan-out ended: ``all_finished``, ``quorum_reached``,
             ``quorum_unreachable``, ``deadline`` or ``first_failure``.
-        workers: worker name -> report, in declaration order.
+        branches: branch name -> report, in declaration order. States stored
+            before the rename (key ``workers``) still load.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -191,38 +192,39 @@ class FanOutResult(BaseModel):
     policy: str
     satisfied: bool
     stopped: str
-    workers: dict[str, WorkerReport]
+    # "workers": how states written before the vocabulary change (issue #10) spelled it.
+    branches: dict[str, BranchReport] = Field(validation_alias=AliasChoices("branches", "workers"))
 
     @property
     def outputs(self) -> dict[str, Any]:
-        """Outputs of the workers that succeeded."""
-        return {k: r.output for k, r in self.workers.items() if r.status == "success"}
+        """Outputs of the branches that succeeded."""
+        return {k: r.output for k, r in self.branches.items() if r.status == "success"}
 
     @property
-    def flagged(self) -> dict[str, WorkerReport]:
-        """Reports of the workers that did not succeed."""
-        return {k: r for k, r in self.workers.items() if r.status != "success"}
+    def flagged(self) -> dict[str, BranchReport]:
+        """Reports of the branches that did not succeed."""
+        return {k: r for k, r in self.branches.items() if r.status != "success"}
 
 
-# -- worker side -------------------------------------------------------------------------
+# -- branch side -------------------------------------------------------------------------
 
 
-class WorkerContext:
-    """What one worker attempt may know and do. Safe to use from the worker's thread.
+class BranchContext:
+    """What one branch attempt may know and do. Safe to use from the branch's thread.
 
     Attributes:
-        worker: the worker's name (its key in the fan-out).
+        branch: the branch's name (its key in the fan-out).
         attempt: 1 for the first attempt, 2 for the first retry, …
         run_id: the run.
         step: the step running the fan-out.
         cancelled: set when the attempt is abandoned (timeout, quorum,
-            deadline); long workers should poll it or ``cancelled.wait(s)``.
+            deadline); long branches should poll it or ``cancelled.wait(s)``.
     """
 
-    def __init__(self, step_ctx: StepContext, worker: str, attempt: int, task_lock: threading.Lock) -> None:
+    def __init__(self, step_ctx: StepContext, branch: str, attempt: int, task_lock: threading.Lock) -> None:
         self._step_ctx = step_ctx
         self._task_lock = task_lock
-        self.worker = worker
+        self.branch = branch
         self.attempt = attempt
         self.run_id = step_ctx.run_id
         self.step = step_ctx.step
@@ -244,23 +246,23 @@ class WorkerContext:
         self.usage = self.usage + usage
 
     def idempotency_key(self, name: str) -> str:
-        """A key for side effect ``name`` of this worker, stable across retries and resumes.
+        """A key for side effect ``name`` of this branch, stable across retries and resumes.
 
-        Same shape as ``StepContext.idempotency_key`` (64 hex), scoped to the worker.
+        Same shape as ``StepContext.idempotency_key`` (64 hex), scoped to the branch.
         """
-        return self._step_ctx.idempotency_key(f"{self.worker}\x00{name}")
+        return self._step_ctx.idempotency_key(f"{self.branch}\x00{name}")
 
 
-WorkerFn = Callable[[Any, WorkerContext], Any]
+BranchFn = Callable[[Any, BranchContext], Any]
 
 
 @dataclass(frozen=True)
-class WorkerCall:
+class BranchCall:
     """One unit of parallel work: a callable, its input, and how it is audited.
 
     Attributes:
-        key: unique name of the call in the aggregate (the worker name).
-        fn: ``(input, wctx) -> output``; output JSON-compatible or a pydantic model.
+        key: unique name of the call in the aggregate (the branch name).
+        fn: ``(input, bctx) -> output``; output JSON-compatible or a pydantic model.
             Each attempt receives its own deep copy of ``input``, so what a
             call does to it is never seen elsewhere.
         input: passed to ``fn``; recorded (by hash) as the call's input, as it
@@ -273,7 +275,7 @@ class WorkerCall:
     """
 
     key: str
-    fn: WorkerFn
+    fn: BranchFn
     input: Any = None
     agent_name: str | None = None
     agent_version: str | None = None
@@ -286,9 +288,9 @@ class WorkerCall:
 
 @dataclass(eq=False)
 class _Attempt:
-    call: WorkerCall
+    call: BranchCall
     attempt: int
-    wctx: WorkerContext
+    bctx: BranchContext
     ready_at: float
     # queued -> running -> done | abandoned; queued -> dropped. Guarded by the run's lock.
     state: str = "queued"
@@ -298,16 +300,16 @@ class _Attempt:
     error: BaseException | None = None
     handled: bool = False
     input_json: Any = None
-    future: concurrent.futures.Future[Any] | None = None  # an async worker's task on the event loop
+    future: concurrent.futures.Future[Any] | None = None  # an async branch's task on the event loop
     context: contextvars.Context = field(default_factory=copy_context)  # the step's, at creation
 
 
 def run_parallel(
     ctx: StepContext,
-    calls: Sequence[WorkerCall],
+    calls: Sequence[BranchCall],
     *,
     max_concurrency: int = 4,
-    worker_timeout: timedelta | None = None,
+    branch_timeout: timedelta | None = None,
     retry: RetryPolicy | None = None,
     completion: Completion | None = None,
     label: str | None = None,
@@ -327,16 +329,16 @@ def run_parallel(
         ctx: the step's context.
         calls: the work; keys must be unique.
         max_concurrency: at most this many attempts run at once (>= 1).
-        worker_timeout: per-attempt timeout, measured from the attempt's
+        branch_timeout: per-attempt timeout, measured from the attempt's
             start; ``None`` means none.
-        retry: per-worker retry policy (default: no retries). Timeouts and
+        retry: per-branch retry policy (default: no retries). Timeouts and
             raised exceptions are retried; ``non_retryable`` names (and
             ``TimeoutError`` for timeouts) are not.
         completion: ``All()`` (default), ``Quorum(n)`` or ``Deadline(after)``.
         label: ``agent_name`` of the ``fanout.completed`` event (default: the step).
 
     Returns:
-        The aggregate; never raises for a worker's failure.
+        The aggregate; never raises for a branch's failure.
 
     Raises:
         ValueError: duplicate keys or ``max_concurrency`` < 1.
@@ -345,10 +347,10 @@ def run_parallel(
         raise ValueError("max_concurrency must be >= 1")
     keys = [c.key for c in calls]
     if len(set(keys)) != len(keys):
-        raise ValueError(f"duplicate worker keys in {keys}")
+        raise ValueError(f"duplicate branch keys in {keys}")
     retry = retry or RetryPolicy.none()
     completion = completion or All()
-    timeout_s = None if worker_timeout is None else worker_timeout.total_seconds()
+    timeout_s = None if branch_timeout is None else branch_timeout.total_seconds()
     task_lock = threading.Lock()
     lock = threading.Lock()
     work: queue.SimpleQueue[_Attempt | None] = queue.SimpleQueue()
@@ -357,7 +359,7 @@ def run_parallel(
     start = clock()
     overall = start + completion.after.total_seconds() if isinstance(completion, Deadline) else None
 
-    reports: dict[str, WorkerReport] = {}
+    reports: dict[str, BranchReport] = {}
     latest: dict[str, _Attempt] = {}
     backoff: list[_Attempt] = []  # retries waiting for their delay, not yet queued
     slots = 0
@@ -378,7 +380,7 @@ def run_parallel(
                 # reaches the step's view, another branch, or a later attempt.
                 # In the step's context (its attempt span is the branch span's parent).
                 att.value = att.context.run(run_branch, att)
-            except BaseException as exc:  # a worker's failure is data for the aggregate
+            except BaseException as exc:  # a branch's failure is data for the aggregate
                 att.error = exc
             att.ended = clock()
             with lock:
@@ -399,23 +401,23 @@ def run_parallel(
         }):
             if is_async_callable(att.call.fn):
                 # On the process's one event loop; abandoning it cancels it for real.
-                att.future = submit(att.call.fn(given, att.wctx))
-                if att.wctx.cancelled.is_set():
+                att.future = submit(att.call.fn(given, att.bctx))
+                if att.bctx.cancelled.is_set():
                     att.future.cancel()  # abandoned before its future existed
                 return att.future.result()
-            return att.call.fn(given, att.wctx)
+            return att.call.fn(given, att.bctx)
 
     def spawn_slot() -> None:
         nonlocal slots
         slots += 1
-        # Daemon: an abandoned worker must not keep the process alive (module docstring).
+        # Daemon: an abandoned branch must not keep the process alive (module docstring).
         threading.Thread(target=slot, name=f"statecraft-{ctx.step}-slot", daemon=True).start()
 
     inputs: dict[str, Any] = {}
 
-    def new_attempt(call: WorkerCall, attempt: int, ready_at: float) -> _Attempt:
-        att = _Attempt(call, attempt, WorkerContext(ctx, call.key, attempt, task_lock), ready_at)
-        # Audit what the worker was given, before it could change it.
+    def new_attempt(call: BranchCall, attempt: int, ready_at: float) -> _Attempt:
+        att = _Attempt(call, attempt, BranchContext(ctx, call.key, attempt, task_lock), ready_at)
+        # Audit what the branch was given, before it could change it.
         if call.key not in inputs:
             inputs[call.key] = _json_or_repr(call.input)
         att.input_json = inputs[call.key]
@@ -435,15 +437,15 @@ def run_parallel(
                 error_code=code,
                 latency_ms=latency_ms,
                 attempt=att.attempt,
-                usage=att.wctx.usage,
+                usage=att.bctx.usage,
                 input=att.input_json,
                 output=output,
-                payload={"worker": att.call.key, "step": ctx.step, **att.call.payload},
+                payload={"branch": att.call.key, "step": ctx.step, **att.call.payload},
             )
         )
 
-    def settle_failure(att: _Attempt, status: WorkerStatus, error: str, retryable: bool) -> None:
-        reports[att.call.key] = WorkerReport(status=status, error=error, attempts=att.attempt)
+    def settle_failure(att: _Attempt, status: BranchStatus, error: str, retryable: bool) -> None:
+        reports[att.call.key] = BranchReport(status=status, error=error, attempts=att.attempt)
         if retryable and att.attempt < retry.max_attempts:
             delay = retry.delay(att.attempt).total_seconds()
             backoff.append(new_attempt(att.call, att.attempt + 1, clock() + delay))
@@ -460,17 +462,17 @@ def run_parallel(
                 settle_failure(att, "failure", error, retry.is_retryable(bad))
                 return
             record(att, "success", output=output, latency_ms=latency_ms)
-            reports[att.call.key] = WorkerReport(status="success", output=output, attempts=att.attempt)
+            reports[att.call.key] = BranchReport(status="success", output=output, attempts=att.attempt)
             return
         error = f"{type(att.error).__name__}: {_one_line(att.error)}"
-        record(att, "failure", error=error, code="worker_error", latency_ms=latency_ms)
+        record(att, "failure", error=error, code="branch_error", latency_ms=latency_ms)
         settle_failure(att, "failure", error, retry.is_retryable(att.error))
 
-    def abandon(att: _Attempt, status: WorkerStatus, why: str, code: str, *, may_retry: bool) -> None:
+    def abandon(att: _Attempt, status: BranchStatus, why: str, code: str, *, may_retry: bool) -> None:
         att.handled = True
-        att.wctx.cancelled.set()
+        att.bctx.cancelled.set()
         if att.future is not None:
-            att.future.cancel()  # an async worker stops at its next await
+            att.future.cancel()  # an async branch stops at its next await
         latency_ms = int((clock() - att.started) * 1000)
         record(att, "timeout" if status == "timeout" else "cancelled", error=why, code=code, latency_ms=latency_ms)
         retryable = may_retry and "TimeoutError" not in retry.non_retryable
@@ -524,8 +526,8 @@ def run_parallel(
                 if att.state != "running":
                     continue  # it finished just now; handled on the next pass
                 att.state = "abandoned"
-            abandon(att, "timeout", f"timed out after {_ms(worker_timeout)} ms", "timeout", may_retry=True)
-            slots -= 1  # the stuck slot exits when its worker returns …
+            abandon(att, "timeout", f"timed out after {_ms(branch_timeout)} ms", "timeout", may_retry=True)
+            slots -= 1  # the stuck slot exits when its branch returns …
             spawn_slot()  # … and a fresh one takes its place now
         if expired:
             continue
@@ -556,9 +558,9 @@ def run_parallel(
                 abandon(att, "timeout", "still running at the fan-out deadline", "deadline", may_retry=False)
             else:
                 abandon(att, "cancelled", f"abandoned: {stopped.replace('_', ' ')}", stopped, may_retry=False)
-            slots -= 1  # that slot exits when its worker returns
+            slots -= 1  # that slot exits when its branch returns
         elif att.call.key not in reports:
-            reports[att.call.key] = WorkerReport(
+            reports[att.call.key] = BranchReport(
                 status="not_started", error=f"not started: {stopped.replace('_', ' ')}"
             )
     backoff.clear()
@@ -572,9 +574,9 @@ def run_parallel(
         satisfied = n_ok == len(keys)
     else:
         satisfied = n_ok >= completion.min_success
-    ordered = {k: reports.get(k, WorkerReport(status="not_started")) for k in keys}
+    ordered = {k: reports.get(k, BranchReport(status="not_started")) for k in keys}
     wall_ms = int((clock() - start) * 1000)
-    result = FanOutResult(policy=completion.describe(), satisfied=satisfied, stopped=stopped, workers=ordered)
+    result = FanOutResult(policy=completion.describe(), satisfied=satisfied, stopped=stopped, branches=ordered)
     ctx.record_call(
         RecordedCall(
             event_type="fanout.completed",
@@ -590,9 +592,9 @@ def run_parallel(
                 "satisfied": satisfied,
                 "successes": n_ok,
                 "max_concurrency": max_concurrency,
-                "worker_timeout_ms": None if worker_timeout is None else _ms(worker_timeout),
+                "branch_timeout_ms": None if branch_timeout is None else _ms(branch_timeout),
                 "max_attempts": retry.max_attempts,
-                "workers": {k: {"status": r.status, "attempts": r.attempts} for k, r in ordered.items()},
+                "branches": {k: {"status": r.status, "attempts": r.attempts} for k, r in ordered.items()},
             },
         )
     )
@@ -630,7 +632,7 @@ def config_digest(config: Any) -> str:
     """Twelve hex characters identifying a pattern's configuration.
 
     Used as the ``agent_version`` of pattern steps, so that the machine digest
-    changes whenever a pattern's workers, policy or bounds change. Callables
+    changes whenever a pattern's branches, policy or bounds change. Callables
     are identified by :func:`callable_name` (never by address), so the digest
     is the same in every process.
     """

@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict
 from ..agents.base import RecordedCall, StepContext
 from ..machine import Step
 from ..outcomes import Goto, Outcome
-from .parallel import WorkerContext, callable_name, config_digest
+from .parallel import BranchContext, callable_name, config_digest
 
 if TYPE_CHECKING:
     from .escalation import EscalationRule
@@ -154,7 +154,7 @@ class _RouterAgent:
         routes: Mapping[str, str],
         fallback: str,
         text: Callable[[Any, StepContext], str] | None,
-        agent: Callable[[Any, WorkerContext], str | None] | None,
+        agent: Callable[[Any, BranchContext], str | None] | None,
         into: str | None,
     ) -> None:
         self.name = name
@@ -244,24 +244,24 @@ class _RouterAgent:
     def _ask_agent(self, state: Any, ctx: StepContext) -> tuple[str | None, str]:
         assert self.agent is not None
         name = callable_name(self.agent)
-        wctx = WorkerContext(ctx, name, 1, threading.Lock())
+        bctx = BranchContext(ctx, name, 1, threading.Lock())
         started = time.perf_counter()
         answer: Any = None
         try:
-            answer = self.agent(state, wctx)
+            answer = self.agent(state, bctx)
         except Exception as exc:  # the fallback step catches what the agent cannot settle
             error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             ctx.record_call(RecordedCall(
                 event_type="agent.called", name=name, version=getattr(self.agent, "agent_version", None),
-                outcome="failure", reason=error, error_code="worker_error",
-                latency_ms=int((time.perf_counter() - started) * 1000), usage=wctx.usage,
+                outcome="failure", reason=error, error_code="branch_error",
+                latency_ms=int((time.perf_counter() - started) * 1000), usage=bctx.usage,
                 payload={"step": ctx.step, "role": "router_fallback_agent"},
             ))
             return None, f"router agent failed ({error})"
         ctx.record_call(RecordedCall(
             event_type="agent.called", name=name, version=getattr(self.agent, "agent_version", None),
             outcome="success", decision=None if answer is None else str(answer),
-            latency_ms=int((time.perf_counter() - started) * 1000), usage=wctx.usage,
+            latency_ms=int((time.perf_counter() - started) * 1000), usage=bctx.usage,
             output=json.loads(json.dumps(answer, default=str)),
             payload={"step": ctx.step, "role": "router_fallback_agent"},
         ))
@@ -278,7 +278,7 @@ def router(
     rules: Sequence[Rule],
     routes: Mapping[str, str],
     fallback: str,
-    agent: Callable[[Any, WorkerContext], str | None] | None = None,
+    agent: Callable[[Any, BranchContext], str | None] | None = None,
     text: Callable[[Any, StepContext], str] | None = None,
     into: str | None = None,
     reads: Sequence[str] | None = None,
@@ -293,9 +293,9 @@ def router(
         routes: route name -> worker step name.
         fallback: the step taking everything no rule or agent settled
             (mandatory); recorded as route ``fallback``.
-        agent: optional ``(state_view, wctx) -> route | None`` for inputs no
+        agent: optional ``(state_view, bctx) -> route | None`` for inputs no
             rule matched (e.g. an LLM classifier; report its usage with
-            ``wctx.record_usage``). ``None``, an unknown route or an
+            ``bctx.record_usage``). ``None``, an unknown route or an
             exception sends the input to ``fallback``.
         text: ``(state_view, ctx) -> str``, the text keyword rules look at;
             default: the run's task (intent propagation), or its string

@@ -18,7 +18,7 @@
 Hard bounds: ``max_rounds`` (specialist rounds; a re-delegation after the
 last round is refused and the subtask reported missing) and ``max_depth``
 (a :class:`Split` below it is refused). Specialists never call each other:
-they receive a :class:`Subtask` and a :class:`~statecraft.patterns.WorkerContext`,
+they receive a :class:`Subtask` and a :class:`~statecraft.patterns.BranchContext`,
 which holds no reference to other specialists or results; only the
 supervisor delegates. Each round is a committed step, so a crash loses at
 most the round in flight.
@@ -43,7 +43,7 @@ from ..agents.base import RecordedCall, StepContext
 from ..machine import Step
 from ..outcomes import Fail, Goto, Outcome
 from ..policy import RetryPolicy
-from .parallel import WorkerCall, WorkerContext, config_digest, run_parallel
+from .parallel import BranchCall, BranchContext, config_digest, run_parallel
 
 __all__ = [
     "Accept",
@@ -165,7 +165,7 @@ class Drop:
 
 
 Verdict = Accept | Redelegate | Split | Drop
-Specialist = Callable[[Subtask, WorkerContext], Any]
+Specialist = Callable[[Subtask, BranchContext], Any]
 
 
 def default_review(result: SubtaskResult, state: Any, ctx: StepContext) -> Verdict:
@@ -187,7 +187,7 @@ class _Config:
     max_rounds: int
     max_depth: int
     max_concurrency: int
-    worker_timeout: timedelta | None
+    branch_timeout: timedelta | None
     retry: RetryPolicy | None
     output_models: Mapping[str, type[BaseModel]] = field(default_factory=dict)
 
@@ -200,7 +200,7 @@ class _Config:
             {
                 "plan": self.plan, "specialists": self.specialists, "synthesize": self.synthesize,
                 "review": self.review, "max_rounds": self.max_rounds, "max_depth": self.max_depth,
-                "max_concurrency": self.max_concurrency, "worker_timeout": self.worker_timeout,
+                "max_concurrency": self.max_concurrency, "branch_timeout": self.branch_timeout,
                 "retry": self.retry, "output_models": dict(self.output_models),
             }
         )
@@ -365,7 +365,7 @@ class _SpecialistsAgent:
         sup = _load(getattr(state, cfg.into))
         round_ = sup.round + 1
         calls = [
-            WorkerCall(
+            BranchCall(
                 key=t.id,
                 fn=_specialist_call(cfg.specialists[t.specialist]),
                 input=t,
@@ -377,13 +377,13 @@ class _SpecialistsAgent:
             for t in sup.pending
         ]
         agg = run_parallel(
-            ctx, calls, max_concurrency=cfg.max_concurrency, worker_timeout=cfg.worker_timeout,
+            ctx, calls, max_concurrency=cfg.max_concurrency, branch_timeout=cfg.branch_timeout,
             retry=cfg.retry, label=self.agent_name,
         )
         new = [
             SubtaskResult(
-                subtask=t, round=round_, status=agg.workers[t.id].status,
-                output=agg.workers[t.id].output, error=agg.workers[t.id].error,
+                subtask=t, round=round_, status=agg.branches[t.id].status,
+                output=agg.branches[t.id].output, error=agg.branches[t.id].error,
             )
             for t in sup.pending
         ]
@@ -396,9 +396,9 @@ class _SpecialistsAgent:
         )
 
 
-def _specialist_call(fn: Specialist) -> Callable[[Any, WorkerContext], Any]:
-    def call(subtask: Any, wctx: WorkerContext) -> Any:
-        return fn(subtask, wctx)
+def _specialist_call(fn: Specialist) -> Callable[[Any, BranchContext], Any]:
+    def call(subtask: Any, bctx: BranchContext) -> Any:
+        return fn(subtask, bctx)
 
     return call
 
@@ -431,7 +431,7 @@ def supervisor(
     max_rounds: int = 3,
     max_depth: int = 2,
     max_concurrency: int = 4,
-    worker_timeout: timedelta | None = None,
+    branch_timeout: timedelta | None = None,
     retry: RetryPolicy | None = None,
     output_models: Mapping[str, type[BaseModel]] | None = None,
     reads: Sequence[str] | None = None,
@@ -443,7 +443,7 @@ def supervisor(
         name: the supervisor step's name; the specialists step is ``NAME_specialists``.
         plan: ``(state_view, ctx) -> [Subtask]``, the decomposition (round 0).
             Depth and parent are set by the pattern.
-        specialists: specialist name -> ``(subtask, wctx) -> structured output``.
+        specialists: specialist name -> ``(subtask, bctx) -> structured output``.
         synthesize: ``(state_view, supervision, ctx) -> output`` at convergence;
             ``supervision.accepted`` holds the results, ``supervision.missing``
             what is missing; it must produce an output either way.
@@ -454,7 +454,7 @@ def supervisor(
             default :func:`default_review` (accept successes, drop failures).
         max_rounds: hard bound on specialist rounds (>= 1).
         max_depth: hard bound on delegation depth (>= 1; 1 forbids splits).
-        max_concurrency, worker_timeout, retry: for each specialist round
+        max_concurrency, branch_timeout, retry: for each specialist round
             (statecraft/patterns/parallel.py).
         output_models: specialist name -> pydantic model its output must fit.
         reads: state fields both steps see (``None``: all); must include ``into``.
@@ -474,7 +474,7 @@ def supervisor(
         raise ValueError(f"supervisor {name!r}: reads must include {into!r}")
     cfg = _Config(
         name, plan, dict(specialists), synthesize, review or default_review, into, next,
-        max_rounds, max_depth, max_concurrency, worker_timeout, retry, dict(output_models or {}),
+        max_rounds, max_depth, max_concurrency, branch_timeout, retry, dict(output_models or {}),
     )
     names = ", ".join(specialists)
     return [

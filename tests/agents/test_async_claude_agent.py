@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from statecraft import AsyncEngine, Engine, Goto, Machine, RetryPolicy, RunStatus, Step
+from statecraft import AsyncEngine, Engine, Machine, RetryPolicy, RunStatus, Step
 from statecraft.agents.claude import AsyncClaudeAgent
 from tests.agents.test_claude_agent import CONTRACT, SONNET, Triage, route
 from tests.support.fake_anthropic import FakeAnthropic, api_error, json_message, usage

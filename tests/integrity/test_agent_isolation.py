@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from statecraft import Engine, Finish, Goto, Machine, RunStatus, Step
+from statecraft import Engine, Finish, Machine, RunStatus, Step
 from statecraft.machine import ReadOnlyStateError
-from statecraft.patterns import WorkerCall, run_parallel
+from statecraft.patterns import BranchCall, run_parallel
 
 
 class Grant(BaseModel):
@@ -116,15 +116,15 @@ def test_each_attempt_gets_a_fresh_view(engine: Engine) -> None:
 
 
 def test_a_fan_out_branch_mutating_its_input_changes_nothing_committed(engine: Engine) -> None:
-    def branch(given: Any, wctx: Any) -> dict[str, int]:
+    def branch(given: Any, bctx: Any) -> dict[str, int]:
         given.notes.append("branch was here")  # a copy: reaches neither the view nor the state
         given.limits["daily"] = 10**6
         return {"n": len(given.notes)}
 
     def fan(s: Any, ctx: Any) -> Finish:
-        result = run_parallel(ctx, [WorkerCall(f"b{i}", branch, input=s) for i in range(3)])
+        result = run_parallel(ctx, [BranchCall(f"b{i}", branch, input=s) for i in range(3)])
         # Every branch saw its own copy: none saw another's append.
-        assert [r.output for r in result.workers.values()] == [{"n": 1}] * 3
+        assert [r.output for r in result.branches.values()] == [{"n": 1}] * 3
         return Finish(update={"answer": "fanned"})
 
     run = engine.start(_machine(fan), {})
@@ -134,13 +134,13 @@ def test_a_fan_out_branch_mutating_its_input_changes_nothing_committed(engine: E
 
 
 def test_a_fan_out_branch_assigning_a_field_of_the_state_fails_only_that_branch(engine: Engine) -> None:
-    def branch(given: Any, wctx: Any) -> str:
+    def branch(given: Any, bctx: Any) -> str:
         given.approved_budget = 10**9
         return "never"
 
     def fan(s: Any, ctx: Any) -> Finish:
-        result = run_parallel(ctx, [WorkerCall("b", branch, input=s)])
-        report = result.workers["b"]
+        result = run_parallel(ctx, [BranchCall("b", branch, input=s)])
+        report = result.branches["b"]
         return Finish(update={"answer": f"{report.status}: {report.error}"})
 
     run = engine.start(_machine(fan), {})

@@ -10,7 +10,14 @@ from pydantic import BaseModel
 
 from statecraft import Engine, Machine, RunStatus
 from statecraft.outcomes import ApprovalPolicy
-from statecraft.patterns import Criterion, DebateRecord, Stage, WorkerContext, debate, pipeline
+from statecraft.patterns import (
+    BranchContext,
+    Criterion,
+    DebateRecord,
+    Stage,
+    debate,
+    pipeline,
+)
 
 
 class Position(BaseModel):
@@ -25,13 +32,13 @@ class Case(BaseModel):
     outcome: str | None = None
 
 
-def _cautious(case: Any, w: WorkerContext) -> dict[str, Any]:
+def _cautious(case: Any, w: BranchContext) -> dict[str, Any]:
     risks = list(case.risks)
     case.risks.append("tampered")  # must not leak to the other advocate
     return {"verdict": "escalate" if risks else "accept", "risks": risks, "rationale": "any risk blocks"}
 
 
-def _relaxed(case: Any, w: WorkerContext) -> dict[str, Any]:
+def _relaxed(case: Any, w: BranchContext) -> dict[str, Any]:
     risks = [r for r in case.risks if r.startswith("high")]
     return {"verdict": "escalate" if risks else "accept", "risks": risks[::-1], "rationale": "only high risks"}
 
@@ -87,7 +94,7 @@ def test_advocates_work_on_their_own_copies_of_the_input(engine: Engine) -> None
 
 
 def test_an_advocate_without_a_valid_position_means_no_consensus(engine: Engine) -> None:
-    def rambling(case: Any, w: WorkerContext) -> dict[str, Any]:
+    def rambling(case: Any, w: BranchContext) -> dict[str, Any]:
         return {"verdict": "maybe", "risks": []}
 
     run = engine.start(_machine({"cautious": _cautious, "rambling": rambling}), {"risks": []})

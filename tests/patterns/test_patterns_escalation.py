@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from statecraft.machine import AppliedOutcome, Machine, Step
 from statecraft.errors import MachineDefinitionError
+from statecraft.machine import AppliedOutcome, Machine, Step
 from statecraft.outcomes import ApprovalPolicy, Finish, Goto, RequestApproval
 from statecraft.patterns import (
     EscalationRule,

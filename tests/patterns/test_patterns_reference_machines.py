@@ -73,9 +73,9 @@ def test_support_router_routes_each_sample_and_audits_the_decision(
 def test_research_fanout_degrades_gracefully_and_flags_the_slow_source(cli: Any) -> None:
     run = _start(cli, "research_fanout", "research_question.txt")
     assert run["status"] == "DONE"
-    workers = run["state"]["findings"]["workers"]
-    assert workers["slow_archive"]["status"] == "timeout" and workers["slow_archive"]["attempts"] == 2
-    assert workers["flaky_index"] == {**workers["flaky_index"], "status": "success", "attempts": 2}
+    branches = run["state"]["findings"]["branches"]
+    assert branches["slow_archive"]["status"] == "timeout" and branches["slow_archive"]["attempts"] == 2
+    assert branches["flaky_index"] == {**branches["flaky_index"], "status": "success", "attempts": 2}
     assert run["state"]["gaps"] == ["slow_archive: timeout (timed out after 250 ms)"]
     events = _events(cli, run["run_id"])
     calls = [e for e in events if e["event_type"] == "agent.called"]

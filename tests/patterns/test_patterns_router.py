@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from statecraft import Engine, Finish, Machine, RunStatus, Step
 from statecraft.agents.base import Usage
-from statecraft.patterns import RouteDecision, Rule, WorkerContext, router
+from statecraft.patterns import BranchContext, RouteDecision, Rule, router
 
 
 class Ticket(BaseModel):
@@ -76,7 +76,7 @@ def test_keywords_match_whole_words_and_phrases_only(engine: Engine) -> None:
 
 
 def test_the_agent_settles_what_no_rule_matched_and_its_usage_is_audited(engine: Engine) -> None:
-    def classifier(state: Any, w: WorkerContext) -> str:
+    def classifier(state: Any, w: BranchContext) -> str:
         w.record_usage(Usage(tokens_in=12, tokens_out=1, model_id="tiny"))
         return "technical"
 
@@ -93,7 +93,7 @@ def test_the_agent_settles_what_no_rule_matched_and_its_usage_is_audited(engine:
     [(None, "did not choose"), ("sales", "unknown route 'sales'"), (RuntimeError("llm down"), "router agent failed")],
 )
 def test_whatever_the_agent_cannot_settle_goes_to_the_mandatory_fallback(engine: Engine, answer: Any, why: str) -> None:
-    def classifier(state: Any, w: WorkerContext) -> Any:
+    def classifier(state: Any, w: BranchContext) -> Any:
         if isinstance(answer, Exception):
             raise answer
         return answer

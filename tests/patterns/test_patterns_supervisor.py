@@ -12,6 +12,7 @@ from statecraft import Engine, Machine, RunStatus
 from statecraft.audit.verify import verify_ledger
 from statecraft.patterns import (
     Accept,
+    BranchContext,
     Drop,
     Redelegate,
     Split,
@@ -19,7 +20,6 @@ from statecraft.patterns import (
     Subtask,
     SubtaskResult,
     Supervision,
-    WorkerContext,
     pipeline,
     supervisor,
 )
@@ -46,14 +46,14 @@ def _synth(state: Any, sup: Supervision, ctx: Any) -> dict[str, Any]:
 SEEN: list[Any] = []
 
 
-def parties(task: Subtask, w: WorkerContext) -> dict[str, Any]:
+def parties(task: Subtask, w: BranchContext) -> dict[str, Any]:
     SEEN.append(task)
     if "whole" in task.instruction:
         return {"names": ["Acme"]}
     return {"names": []}
 
 
-def dates(task: Subtask, w: WorkerContext) -> dict[str, Any]:
+def dates(task: Subtask, w: BranchContext) -> dict[str, Any]:
     SEEN.append(task)
     return {"dates": ["2025-01-01"]}
 
@@ -140,7 +140,7 @@ def test_a_split_deeper_than_max_depth_is_refused(engine: Engine) -> None:
 
 
 def test_failures_are_dropped_by_default_and_reported_missing(engine: Engine) -> None:
-    def broken(task: Subtask, w: WorkerContext) -> Any:
+    def broken(task: Subtask, w: BranchContext) -> Any:
         raise RuntimeError("service down")
 
     m = Machine("sup2", "1", Case, steps=[

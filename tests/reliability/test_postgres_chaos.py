@@ -23,7 +23,6 @@ why, where either is missing.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil

@@ -12,8 +12,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from statecraft import Database, Engine, Finish, Goto, Machine, RunStatus, Step
 from statecraft.store.txn import Tx, group_write
 from tests.support.reliability import Counter, assert_ledger_ok
