@@ -207,6 +207,17 @@ class Engine:
         """
         self._runner.stopping.set()
 
+    def release_leases(self) -> int:
+        """Release every lease this engine's owner id holds; the number of runs released.
+
+        For a driver giving up on steps it cannot finish (the worker, at the
+        end of its drain timeout): commits one transaction, stops renewing,
+        and fences the abandoned steps, so whatever they return later is not
+        committed and another worker can take the runs at once instead of
+        waiting for the leases to expire.
+        """
+        return self._runner.release_all()
+
     def __enter__(self) -> Engine:
         return self
 

@@ -64,6 +64,7 @@ from .store.runs import (
     claim_free_runs,
     due_approvals,
     load_run,
+    release_all_leases,
     release_lease,
     runnable_candidates,
     running_since,
@@ -1106,6 +1107,17 @@ class StepRunner:
             return self.host.gate_policy(conn, row) is not None
         except ApprovalRefused:  # the proposal was redacted: its policy is unknown, fail closed
             return True
+
+    def release_all(self) -> int:
+        """Stop renewing and release every lease this engine's owner id holds; how many were released.
+
+        Commits one transaction. A step still running here then commits
+        nothing: its writes are fenced on the lease (``RunMoved``).
+        """
+        for run_id in list(self.keeper.held()):
+            self.keeper.drop(run_id)
+        with write_tx(self.db) as tx:
+            return release_all_leases(tx, self.host.owner)
 
     def close(self) -> None:
         """Stop renewing leases."""

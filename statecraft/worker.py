@@ -41,8 +41,6 @@ from ._time import format_utc, utc_now
 from .engine import Engine
 from .views import StepReport
 from .errors import LeaseHeld, StatecraftError
-from .store.runs import release_all_leases
-from .store.txn import write_tx
 
 __all__ = ["JsonFormatter", "Worker", "WorkerStats"]
 
@@ -277,10 +275,7 @@ class Worker:
 
     def _release_all(self) -> None:
         """Release every lease this worker holds: abandoned steps then commit nothing (fenced)."""
-        for run_id in list(self.engine.runner.keeper.held()):
-            self.engine.runner.keeper.drop(run_id)
-        with write_tx(self.engine.db) as tx:
-            release_all_leases(tx, self.engine.owner)
+        self.engine.release_leases()
 
 
 def configure_logging(level: int = logging.INFO, stream: Any = None) -> Callable[[], None]:

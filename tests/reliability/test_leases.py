@@ -73,6 +73,26 @@ def test_a_live_lease_keeps_a_second_engine_out(db_path: Path) -> None:
         assert "lease.taken_over" not in event_types(a, run.run_id)
 
 
+def test_released_leases_free_a_hung_step_at_once_and_fence_what_it_returns(db_path: Path) -> None:
+    agent = Gate(Goto("end"))
+    m = blocking(agent)
+    with Engine(db_path) as hung, Engine(db_path, machines=[m]) as other:
+        run = hung.start(m, {}, advance=False)
+        t, box = _in_thread(hung.advance, run.run_id)
+        assert agent.started.wait(5)
+        assert other.runnable() == []  # leased, not expired
+        assert hung.release_leases() == 1  # the worker gives up on it (drain timeout)
+        assert other.runnable() == [run.run_id]  # free now, not after the lease's 60 s
+        agent.release.set()
+        t.join(5)  # the abandoned step returns, and commits nothing
+        assert hung.get(run.run_id).step == "wait" and "step.completed" not in event_types(hung, run.run_id)
+        agent.started.clear()
+        finished = other.advance(run.run_id)
+        assert finished.status is RunStatus.DONE
+        assert hung.release_leases() == 0
+        assert_ledger_ok(other)
+
+
 def test_an_expired_lease_is_taken_over_and_the_takeover_is_audited(db_path: Path, clock: FakeClock) -> None:
     m = blocking(Gate(Goto("end")))
     with Engine(db_path, clock=clock) as dead, Engine(db_path, clock=clock, machines=[m]) as alive:
