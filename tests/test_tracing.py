@@ -121,3 +121,35 @@ def test_a_failed_attempt_marks_its_span_as_an_error(spans: InMemorySpanExporter
     [attempt] = [s for s in spans.get_finished_spans() if s.name == "invoke_agent boom"]
     assert attempt.attributes["error.type"] == "RuntimeError"
     assert attempt.status.status_code.name == "ERROR"
+
+
+_NO_PROVIDER_THEN_ONE = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from statecraft.tracing import span
+
+with span("step before", {"statecraft.step": "a"}) as before:
+    before.set(statecraft__event_type="x")  # a no-op, not an error
+    assert trace.get_current_span() is trace.INVALID_SPAN, trace.get_current_span()
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)  # after import: used from the next span on
+with span("step after", {"statecraft.step": "b"}):
+    assert trace.get_current_span().is_recording()
+print([s.name for s in exporter.get_finished_spans()])
+"""
+
+
+def test_spans_are_skipped_until_a_tracer_provider_is_set_and_used_from_then_on() -> None:
+    # Skipping spans without a provider (issue #11) must not cache the absence: a service
+    # that configures OpenTelemetry after importing statecraft still gets its spans.
+    # A fresh process: this test session has set a provider already (set once per process).
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _NO_PROVIDER_THEN_ONE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['step after']"
