@@ -108,8 +108,8 @@ from .errors import (
     LLMInvalidOutput,
     LLMProtocolError,
     LLMTimeout,
-    _convert,
-    _sdk_errors,
+    convert_error,
+    sdk_errors,
 )
 from .limits import RateLimit, Reservation, reserve, settle
 from .prompts import check_prompt
@@ -426,7 +426,7 @@ class ClaudeAgent(Generic[O]):
         with self._chat_span(ctx) as chat:
             try:
                 response = client.messages.create(**call.params, timeout=self.timeout.total_seconds())
-            except _sdk_errors() as exc:
+            except sdk_errors() as exc:
                 raise self._error(exc, ctx, call) from exc
             except Exception as exc:
                 self._failed(ctx, call, exc)
@@ -446,7 +446,7 @@ class ClaudeAgent(Generic[O]):
 
     def _error(self, exc: BaseException, ctx: StepContext, call: _Call | None = None) -> LLMError:
         """The SDK error as ours; with ``call``, also the failed call's record and the controls' bookkeeping."""
-        error = _convert(exc, run_id=ctx.run_id, step=ctx.step, agent_name=self.agent_name, model_id=self.model)
+        error = convert_error(exc, run_id=ctx.run_id, step=ctx.step, agent_name=self.agent_name, model_id=self.model)
         if call is not None:
             self._failed(ctx, call, error)
         return error
@@ -793,7 +793,7 @@ class AsyncClaudeAgent(ClaudeAgent[O]):
         with self._chat_span(ctx) as chat:
             try:
                 response = await client.messages.create(**call.params, timeout=self.timeout.total_seconds())
-            except _sdk_errors() as exc:
+            except sdk_errors() as exc:
                 raise self._error(exc, ctx, call) from exc
             except Exception as exc:
                 self._failed(ctx, call, exc)

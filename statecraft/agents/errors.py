@@ -40,7 +40,7 @@ validation): ``LLMCircuitOpen``, ``LLMRateLimitWait`` and
 ``LLMContextOverBudget`` stop a call before it is sent; ``LLMInvalidOutput``
 judges an answer. They sit under the class whose handling they share.
 
-:func:`_convert` is the only place an ``anthropic`` exception becomes one of
+:func:`convert_error` is the only place an ``anthropic`` exception becomes one of
 ours; ``tests/agents/test_claude_agent.py`` checks that every exception class
 the SDK exports maps to exactly one class here, with the right retryability.
 """
@@ -71,6 +71,8 @@ __all__ = [
     "LLMSpendLimitReached",
     "LLMTimeout",
     "LLMUnavailable",
+    "convert_error",
+    "sdk_errors",
 ]
 
 _MAX_MESSAGE = 300
@@ -401,8 +403,8 @@ def _mapping() -> dict[type[BaseException], type[LLMError]]:
 
 
 @functools.cache
-def _sdk_errors() -> tuple[type[BaseException], ...]:
-    """What the SDK call can raise that :func:`_convert` converts: catch exactly these."""
+def sdk_errors() -> tuple[type[BaseException], ...]:
+    """What the SDK call can raise that :func:`convert_error` converts: catch exactly these."""
     import anthropic
 
     return (anthropic.AnthropicError, json.JSONDecodeError)
@@ -426,7 +428,7 @@ def _our_class(sdk_class: type[BaseException], status: int | None = None) -> typ
     return _by_status(status) or LLMError
 
 
-def _convert(
+def convert_error(
     exc: BaseException,
     *,
     run_id: str | None = None,
@@ -437,11 +439,11 @@ def _convert(
     """Turn an ``anthropic`` SDK exception into ours. Pure; the caller raises it ``from exc``.
 
     The only conversion point (STYLE.md, "Errors"): use it as
-    ``except _sdk_errors() as exc: raise _convert(exc, ...) from exc`` around
+    ``except sdk_errors() as exc: raise convert_error(exc, ...) from exc`` around
     the SDK call, nowhere else.
 
     Args:
-        exc: what the SDK call raised, an instance of one of :func:`_sdk_errors`.
+        exc: what the SDK call raised, an instance of one of :func:`sdk_errors`.
         run_id, step, agent_name: where it happened.
         model_id: the model the call asked for.
 

@@ -31,7 +31,7 @@ from statecraft.agents.errors import (
     LLMSpendLimitReached,
     LLMTimeout,
     LLMUnavailable,
-    _convert,
+    convert_error,
 )
 
 R, N = True, False  # retryable / not retryable
@@ -157,7 +157,7 @@ def test_every_exception_class_the_sdk_exports_is_classified() -> None:
     gone = sorted(set(EXPECTED) - set(exported))
     suggestions = ", ".join(
         f"{name} (a {exported[name].__mro__[1].__name__}; at run time it is handled as "
-        f"{_convert(_instance(exported[name])).__class__.__name__})"
+        f"{convert_error(_instance(exported[name])).__class__.__name__})"
         for name in unclassified
     )
     assert not unclassified, (
@@ -173,7 +173,7 @@ def test_each_exported_sdk_error_maps_to_exactly_one_of_ours_with_the_right_retr
     assert sdk_class in agent_errors._mapping(), f"{name} must be listed explicitly, not inherited"
     expected, retryable = EXPECTED[name]
 
-    ours = _convert(_instance(sdk_class), run_id="run-1", step="s", model_id="claude-x")
+    ours = convert_error(_instance(sdk_class), run_id="run-1", step="s", model_id="claude-x")
 
     assert type(ours) is expected
     assert RetryPolicy(max_attempts=3).is_retryable(ours) is retryable
@@ -186,7 +186,7 @@ def test_every_sdk_error_class_including_endpoint_specific_ones_converts_to_one_
     classes = _all_subclasses(anthropic.AnthropicError)
     assert len(classes) > len(EXPECTED)  # the SDK's endpoint-specific error_code classes are seen
     for cls in classes:
-        ours = _convert(_instance(cls))
+        ours = convert_error(_instance(cls))
         assert type(ours) in OURS, cls
         # An unlisted subclass behaves like its nearest listed ancestor, or,
         # where that is only a root class, like its HTTP status says.
@@ -216,7 +216,7 @@ def test_an_sdk_error_class_statecraft_has_never_seen_is_handled_by_its_base_and
 ) -> None:
     # What a future SDK release looks like to this code: a new class, unknown by name.
     future = type("FutureSDKError", (getattr(anthropic, base),), {"status_code": status} if status else {})
-    ours = _convert(_instance(future), model_id="claude-x")
+    ours = convert_error(_instance(future), model_id="claude-x")
     assert type(ours) is expected
     assert RetryPolicy(max_attempts=3).is_retryable(ours) is retryable
 
@@ -225,7 +225,7 @@ def test_a_non_json_body_the_sdk_fails_to_decode_is_a_protocol_error() -> None:
     try:
         json.loads("{not json")
     except json.JSONDecodeError as exc:
-        ours = _convert(exc)
+        ours = convert_error(exc)
     assert type(ours) is LLMProtocolError and not ours.non_retryable
 
 
@@ -244,7 +244,7 @@ def test_the_status_error_details_are_carried_over() -> None:
     )
     sdk_exc = anthropic.RateLimitError("Error code: 429", response=response, body=body)
 
-    ours = _convert(sdk_exc, model_id="claude-haiku-4-5", agent_name="triage")
+    ours = convert_error(sdk_exc, model_id="claude-haiku-4-5", agent_name="triage")
 
     assert type(ours) is LLMRateLimited
     assert ours.status_code == 429 and ours.request_id == "req_42"
@@ -258,13 +258,13 @@ def test_the_status_error_details_are_carried_over() -> None:
 
 
 def test_a_policy_can_still_refuse_to_retry_a_retryable_class_by_name() -> None:
-    exc: Any = _convert(_instance(anthropic.OverloadedError))
+    exc: Any = convert_error(_instance(anthropic.OverloadedError))
     assert RetryPolicy(max_attempts=3).is_retryable(exc)
     assert not RetryPolicy(max_attempts=3, non_retryable=frozenset({"LLMOverloaded"})).is_retryable(exc)
 
 
 def test_convert_is_called_in_exactly_one_place_and_its_result_raised_from_the_sdk_error() -> None:
-    # One boundary: ClaudeAgent._error is the only caller of _convert, and every
+    # One boundary: ClaudeAgent._error is the only caller of convert_error, and every
     # raise of its result (sync and async calls) chains the SDK error.
     import ast
     from pathlib import Path
@@ -280,7 +280,7 @@ def test_convert_is_called_in_exactly_one_place_and_its_result_raised_from_the_s
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in ast.walk(fn):
-                if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "_convert":
+                if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "convert_error":
                     converts.append(f"{path.relative_to(package)}:{fn.name}")
                 if (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)
                         and getattr(node.exc.func, "attr", None) == "_error"):
