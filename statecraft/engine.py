@@ -75,7 +75,7 @@ from .store.blobs import blob_json, get_blob, put_blob
 from .store.db import Database, Synchronous
 from .store.ledger import event_rows, first_payload
 from .store.runs import gate_approvers, gate_request, insert_run, list_run_ids, load_run
-from .store.txn import Tx, read_tx, tx_of
+from .store.txn import Tx, read_tx, tx_of, write_tx
 from .transition import KEEP, write_transition
 from .views import AuditEvent, PendingApproval, RunInfo, StepReport
 
@@ -669,7 +669,7 @@ class Engine:
 
     def _failed_by(
         self,
-        conn: Connection,
+        conn: Connection | Tx,
         run: Mapping[str, Any],
         by: str,
         now: str,
@@ -1001,7 +1001,7 @@ class Engine:
 
     def _operator_transition(
         self,
-        conn: Connection,
+        conn: Connection | Tx,
         run: Mapping[str, Any],
         trigger: Trigger,
         event_type: str,
@@ -1021,13 +1021,19 @@ class Engine:
         )
 
     @contextmanager
-    def _writing(self) -> Iterator[Connection]:
-        """One write transaction of an operator request; its transitions are reported once it commits."""
+    def _writing(self) -> Iterator[Tx]:
+        """One write transaction of an operator request; its transitions are reported once it commits.
+
+        On the driver-level path (``write_tx``) the step loop commits through:
+        SQLAlchemy's connection and result machinery cost more than the
+        statements of a small request (bench/bench_compare.py: creating a
+        run).
+        """
         reports: list[StepReport] = []
         self._local.reports = reports
         try:
-            with self.db.write() as conn:
-                yield conn
+            with write_tx(self.db) as tx:
+                yield tx
         finally:
             self._local.reports = None
         for report in reports:

@@ -11,7 +11,7 @@ import hashlib
 from typing import Any
 
 import rfc8785
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from ..canonical import in_fast_domain, sorted_json
 from .txn import Tx, tx_of
@@ -37,29 +37,23 @@ def blob_json(value: Any) -> bytes:
 
 
 
-_INSERT = text(
+_INSERT = (
     "INSERT INTO blob (sha256, body, size, media_type, created_at) "
     "VALUES (:sha256, :body, :size, :media_type, :created_at) ON CONFLICT (sha256) DO NOTHING"
 )
 
 
 def put_blob(
-    conn: Connection, body: bytes, *, created_at: str, media_type: str = "application/json"
+    conn: Connection | Tx, body: bytes, *, created_at: str, media_type: str = "application/json"
 ) -> str:
     """Store ``body`` once (no-op when already present); return its SHA-256.
 
     Must run inside the caller's write transaction.
     """
     digest = sha256_hex(body)
-    conn.execute(
+    tx_of(conn).run(
         _INSERT,
-        {
-            "sha256": digest,
-            "body": body,
-            "size": len(body),
-            "media_type": media_type,
-            "created_at": created_at,
-        },
+        {"sha256": digest, "body": body, "size": len(body), "media_type": media_type, "created_at": created_at},
     )
     return digest
 

@@ -224,6 +224,7 @@ def cases(w: dict[str, Any]) -> list[tuple[str, str, Callable[[], object], type[
         ("resume", "closed engine", lambda: closed.resume(r["running"]), StoreError),
         ("expire_approvals", "closed engine", lambda: closed.expire_approvals(), StoreError),
         ("claim", "closed engine", lambda: closed.claim(5), StoreError),
+        ("release_leases", "closed engine", lambda: closed.release_leases(), StoreError),
     ]
 
 
