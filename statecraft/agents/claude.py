@@ -713,24 +713,32 @@ class ClaudeAgent(Generic[O]):
         # Built on first use, not at construction: loading a machine (CLI
         # ``graph``, ``status``) must not need credentials. Cached afterwards so
         # connections are reused across steps.
-        client = _anthropic().Anthropic(
+        self._client = self._new_client("Anthropic")
+        return self._client
+
+    def _new_client(self, kind: str) -> Any:
+        """A new SDK client of class ``kind`` (``Anthropic`` or ``AsyncAnthropic``), SDK retries off.
+
+        Raises:
+            LLMAuthError: no credentials at all. Without any the SDK raises a
+                bare TypeError per request, which a retry policy would retry;
+                say so once, as the auth error it is. (``_token_cache`` is the
+                SDK's credentials-provider hook; if it is gone, the judgement
+                is left to the SDK.)
+        """
+        client = getattr(_anthropic(), kind)(
             api_key=self._api_key,
             base_url=self._base_url,
             max_retries=0,
             timeout=self.timeout.total_seconds(),
         )
-        # Without any credentials the SDK raises a bare TypeError per request,
-        # which a retry policy would retry; say so once, as the auth error it is.
-        # (_token_cache is the SDK's credentials-provider hook; if it is gone,
-        # leave the judgement to the SDK.)
         if not (client.api_key or client.auth_token) and getattr(client, "_token_cache", ...) is None:
             raise LLMAuthError(
                 f"{self.model}: authentication failed: no credentials; set ANTHROPIC_API_KEY "
-                "(or pass api_key= or client= to the ClaudeAgent)",
+                f"(or pass api_key= or client= to the {type(self).__name__})",
                 agent_name=self.agent_name,
                 model_id=self.model,
             )
-        self._client = client
         return client
 
     def _task_text(self, task: Any) -> str:
@@ -805,19 +813,7 @@ class AsyncClaudeAgent(ClaudeAgent[O]):
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
-            client = _anthropic().AsyncAnthropic(
-                api_key=self._api_key,
-                base_url=self._base_url,
-                max_retries=0,
-                timeout=self.timeout.total_seconds(),
-            )
-            if not (client.api_key or client.auth_token) and getattr(client, "_token_cache", ...) is None:
-                raise LLMAuthError(
-                    f"{self.model}: authentication failed: no credentials; set ANTHROPIC_API_KEY "
-                    "(or pass api_key= or client= to the AsyncClaudeAgent)",
-                    agent_name=self.agent_name,
-                    model_id=self.model,
-                )
+            client = self._new_client("AsyncAnthropic")
             self._async_clients[loop] = client
         return client
 
