@@ -12,6 +12,7 @@ listed per endpoint.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -33,7 +34,7 @@ from .auth import Principal
 from .context import API_CLIENT_HEADER, WebContext
 from .decide import MAX_COMMENT_CHARS, Decision, decide
 from .reads import GateView, Inbox, LedgerView, TimelineView, gate_view, inbox, ledger_view, timeline_view
-from .search import PAGE_DEFAULT, PAGE_MAX, SearchForm, csv_chunks, events_page, jsonl_chunks, parse_search
+from .search import PAGE_DEFAULT, PAGE_MAX, csv_chunks, events_page, jsonl_chunks, parse_search
 
 __all__ = ["ApiError", "ErrorBody", "router"]
 
@@ -226,39 +227,49 @@ def api_reject(ctx: Ctx, caller: Caller, run_id: str, body: RejectBody) -> RunVi
     return _decided(ctx, caller, Decision("reject", run_id, body.digest, body.reason))
 
 
-def _search(
-    run: str | None, machine: str | None, actor: str | None, event: list[str], step: str | None,
-    status: str | None, since: str | None, until: str | None, model: str | None, after: int | None,
-    limit: int | None, default_limit: int | None,
-) -> tuple[SearchForm, EventFilter]:
-    params = {k: [str(v)] for k, v in {
-        "run": run, "machine": machine, "actor": actor, "step": step, "status": status, "since": since,
-        "until": until, "model": model, "after": after, "limit": limit,
-    }.items() if v is not None}
-    params["event"] = list(event)
-    try:
-        return parse_search(params, default_limit=default_limit)
-    except ValueError as exc:
-        raise ApiError(400, "bad_filter", str(exc)) from exc
-
-
 _EVENT_HELP = "event type, wildcards allowed (approval.*); repeatable or comma-separated"
 
 
+def _event_filter(default_limit: int | None) -> Callable[..., EventFilter]:
+    """A FastAPI dependency: ``audit log``'s filters from the query string, as one ``EventFilter``.
+
+    ``default_limit`` applies when the query names none (``None``: every
+    matching event, for exports); a given ``limit`` is at most ``PAGE_MAX``.
+
+    Raises (in the dependency): ApiError 400 ``bad_filter`` for a filter
+    ``parse_search`` refuses (a time without an offset, an unknown status).
+    """
+
+    def event_filter(
+        run: str | None = None, machine: str | None = None, actor: str | None = None,
+        event: Annotated[list[str], Query(description=_EVENT_HELP)] = [],  # noqa: B006 - FastAPI copies defaults
+        step: str | None = None, status: str | None = None,
+        since: Annotated[str | None, Query(description="ISO 8601 with offset, inclusive")] = None,
+        until: Annotated[str | None, Query(description="ISO 8601 with offset, exclusive")] = None,
+        model: str | None = None,
+        after: Annotated[int | None, Query(ge=0, description="only events after this seq")] = None,
+        limit: Annotated[int | None, Query(ge=1, le=PAGE_MAX)] = None,
+    ) -> EventFilter:
+        params = {k: [str(v)] for k, v in {
+            "run": run, "machine": machine, "actor": actor, "step": step, "status": status, "since": since,
+            "until": until, "model": model, "after": after, "limit": limit,
+        }.items() if v is not None}
+        params["event"] = list(event)
+        try:
+            return parse_search(params, default_limit=default_limit)[1]
+        except ValueError as exc:
+            raise ApiError(400, "bad_filter", str(exc)) from exc
+
+    return event_filter
+
+
+PageFilter = Annotated[EventFilter, Depends(_event_filter(PAGE_DEFAULT))]
+ExportFilter = Annotated[EventFilter, Depends(_event_filter(None))]
+
+
 @router.get("/audit/events", response_model=EventPage, responses={**_ERRORS, 400: {"model": ErrorBody}})
-def api_events(
-    ctx: Ctx, caller: Caller,
-    run: str | None = None, machine: str | None = None, actor: str | None = None,
-    event: Annotated[list[str], Query(description=_EVENT_HELP)] = [],  # noqa: B006 - FastAPI copies defaults
-    step: str | None = None, status: str | None = None,
-    since: Annotated[str | None, Query(description="ISO 8601 with offset, inclusive")] = None,
-    until: Annotated[str | None, Query(description="ISO 8601 with offset, exclusive")] = None,
-    model: str | None = None,
-    after: Annotated[int | None, Query(ge=0, description="only events after this seq")] = None,
-    limit: Annotated[int | None, Query(ge=1, le=PAGE_MAX)] = None,
-) -> EventPage:
+def api_events(ctx: Ctx, caller: Caller, flt: PageFilter) -> EventPage:
     """Audit events in seq order with ``audit log``'s filters, one page at a time."""
-    _, flt = _search(run, machine, actor, event, step, status, since, until, model, after, limit, PAGE_DEFAULT)
     rows, next_after = events_page(ctx.engine.db, flt)
     return EventPage(events=[AuditEvent.model_validate(r) for r in rows], next_after=next_after)
 
@@ -271,30 +282,14 @@ def _export(kind: str, ctx: WebContext, flt: EventFilter) -> StreamingResponse:
 
 
 @router.get("/audit/events.csv", responses={**_ERRORS, 400: {"model": ErrorBody}}, response_class=StreamingResponse)
-def api_events_csv(
-    ctx: Ctx, caller: Caller,
-    run: str | None = None, machine: str | None = None, actor: str | None = None,
-    event: Annotated[list[str], Query(description=_EVENT_HELP)] = [],  # noqa: B006
-    step: str | None = None, status: str | None = None, since: str | None = None, until: str | None = None,
-    model: str | None = None, after: Annotated[int | None, Query(ge=0)] = None,
-    limit: Annotated[int | None, Query(ge=1)] = None,
-) -> StreamingResponse:
+def api_events_csv(ctx: Ctx, caller: Caller, flt: ExportFilter) -> StreamingResponse:
     """Every matching event as ``audit log --csv`` prints it (all columns; no limit unless given)."""
-    _, flt = _search(run, machine, actor, event, step, status, since, until, model, after, limit, None)
     return _export("csv", ctx, flt)
 
 
 @router.get("/audit/events.jsonl", responses={**_ERRORS, 400: {"model": ErrorBody}}, response_class=StreamingResponse)
-def api_events_jsonl(
-    ctx: Ctx, caller: Caller,
-    run: str | None = None, machine: str | None = None, actor: str | None = None,
-    event: Annotated[list[str], Query(description=_EVENT_HELP)] = [],  # noqa: B006
-    step: str | None = None, status: str | None = None, since: str | None = None, until: str | None = None,
-    model: str | None = None, after: Annotated[int | None, Query(ge=0)] = None,
-    limit: Annotated[int | None, Query(ge=1)] = None,
-) -> StreamingResponse:
+def api_events_jsonl(ctx: Ctx, caller: Caller, flt: ExportFilter) -> StreamingResponse:
     """Every matching event as ``audit log --json`` prints it (JSON lines; no limit unless given)."""
-    _, flt = _search(run, machine, actor, event, step, status, since, until, model, after, limit, None)
     return _export("jsonl", ctx, flt)
 
 

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from statecraft import Engine, RunStatus
 from statecraft.audit.anchor import take_anchor
 from statecraft.web.context import API_CLIENT_HEADER
+from statecraft.web.search import PAGE_MAX
 from tests.conftest import Cli
 from tests.web.support import Web, api_headers, basic, start_payment
 
@@ -184,6 +185,15 @@ def test_events_page_by_seq_with_the_filters_of_audit_log(web: Web, engine: Engi
     assert [e["seq"] for e in rest["events"]] == requested[2:] and rest["next_after"] is None
     bad = web.client.get("/api/audit/events", params={"until": "2025-01-01T00:00:00"}, headers=basic("alice"))
     assert bad.status_code == 400 and "offset" in bad.json()["message"]
+    # A limit is bounded, and the OpenAPI document says so; without one an export has every event.
+    too_big = web.client.get("/api/audit/events.jsonl", params={"limit": PAGE_MAX + 1}, headers=basic("alice"))
+    assert too_big.status_code == 422
+    everything = web.client.get("/api/audit/events.jsonl", headers=basic("alice"))
+    assert everything.status_code == 200 and len(everything.text.splitlines()) == len(engine.events())
+    spec = web.client.get("/api/openapi.json").json()
+    limits = {path: next(p["schema"] for p in spec["paths"][path]["get"]["parameters"] if p["name"] == "limit")
+              for path in ("/api/audit/events", "/api/audit/events.csv")}
+    assert all(f"'maximum': {PAGE_MAX}" in str(schema) for schema in limits.values()), limits
 
 
 def test_the_ledger_json_is_the_verify_report_and_the_last_anchor(web: Web, engine: Engine, db_path: Path) -> None:
