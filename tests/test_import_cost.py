@@ -24,10 +24,12 @@ HEAVY = ("sqlalchemy", "sqlmodel", "pydantic", "pydantic_core", "transitions", "
 
 # What opening a database and reading a run must not pull in: the table
 # models (SQLModel, SQLAlchemy's ORM), the LLM SDK, terminal rendering,
-# tracing, and the parts of statecraft that only other commands use.
+# tracing, the step loop and machine loading, and the parts of statecraft
+# that only other commands use.
 NOT_FOR_READING = ("sqlmodel", "sqlalchemy.orm", "anthropic", "rich", "opentelemetry", "cryptography", "fastapi",
-                   "statecraft.store.tables", "statecraft.audit.verify", "statecraft.audit.export",
-                   "statecraft.web", "statecraft.patterns", "statecraft.agents.claude", "statecraft.signing")
+                   "statecraft.store.tables", "statecraft.runner", "statecraft.execution", "statecraft.machine",
+                   "statecraft.loader", "statecraft.agents", "statecraft.patterns", "statecraft.audit.verify",
+                   "statecraft.audit.export", "statecraft.web", "statecraft.signing")
 
 
 def _run(code: str, *args: str) -> str:
