@@ -66,11 +66,8 @@ from .errors import (
 from .identity import Identity, normalize_actor, process_identity
 from .leases import new_owner_id
 from .lifecycle import RunStatus, Trigger, check_transition
-from .loader import canonical_ref, load_machine
-from .machine import Machine
 from .outcomes import ApprovalPolicy
 from .proposals import proposal_digest
-from .runner import Host, StepRunner
 from .store.blobs import blob_json, get_blob, put_blob
 from .store.db import Database, Synchronous
 from .store.ledger import event_rows, first_payload
@@ -80,6 +77,8 @@ from .transition import KEEP, write_transition
 from .views import AuditEvent, PendingApproval, RunInfo, StepReport
 
 if TYPE_CHECKING:
+    from .machine import Machine
+    from .runner import StepRunner
     from .signing import ApprovalSignature, Keyring
 
 __all__ = ["Engine", "StepReport", "proposal_digest"]
@@ -182,20 +181,16 @@ class Engine:
         self._by_definition: dict[str, Machine[Any]] = {}
         for m in machines:
             self.register(m)
-        self._runner = StepRunner(
-            Host(
-                db=self.db, owner=self.owner, lease=lease, clock=clock,
-                machine_of=self._machine, info=self._info, task=self.task, report=self.report,
-                gate_policy=lambda conn, run: self._gate(conn, run).policy,
-            ),
-            rng=rng, trust_local_pids=trust_local_pids, crash_loop_limit=crash_loop_limit,
-        )
+        self._rng, self._trust_local_pids, self._crash_loop_limit = rng, trust_local_pids, crash_loop_limit
+        self._step_runner: StepRunner | None = None
+        self._runner_lock = threading.Lock()
 
     # -- lifecycle of the engine ------------------------------------------------
 
     def close(self) -> None:
         """Stop renewing leases and close the database; later calls raise ``StoreError``."""
-        self._runner.close()
+        if self._step_runner is not None:
+            self._step_runner.close()
         self.db.close()
 
     def stop(self) -> None:
@@ -205,7 +200,7 @@ class Engine:
         progress finishes and commits (or is abandoned at its timeout), then
         the lease is released and ``advance`` returns. Permanent for this engine.
         """
-        self._runner.stopping.set()
+        self.runner.stopping.set()
 
     def release_leases(self) -> int:
         """Release every lease this engine's owner id holds; the number of runs released.
@@ -216,7 +211,7 @@ class Engine:
         committed and another worker can take the runs at once instead of
         waiting for the leases to expire.
         """
-        return self._runner.release_all()
+        return self.runner.release_all()
 
     def __enter__(self) -> Engine:
         return self
@@ -226,8 +221,28 @@ class Engine:
 
     @property
     def runner(self) -> StepRunner:
-        """This engine's step loop (statecraft/runner.py), which drivers such as ``AsyncEngine`` share."""
-        return self._runner
+        """This engine's step loop (statecraft/runner.py), which drivers such as ``AsyncEngine`` share.
+
+        Made on first use: an engine that only reads runs (``statecraft
+        status``, ``list``, the web pages) never imports the step loop and what
+        it needs (agents, execution on threads and asyncio, machine loading;
+        issue #9). Thread-safe.
+        """
+        if self._step_runner is None:
+            with self._runner_lock:
+                if self._step_runner is None:
+                    from .runner import Host, StepRunner
+
+                    self._step_runner = StepRunner(
+                        Host(
+                            db=self.db, owner=self.owner, lease=self.lease, clock=self._clock,
+                            machine_of=self._machine, info=self._info, task=self.task, report=self.report,
+                            gate_policy=lambda conn, run: self._gate(conn, run).policy,
+                        ),
+                        rng=self._rng, trust_local_pids=self._trust_local_pids,
+                        crash_loop_limit=self._crash_loop_limit,
+                    )
+        return self._step_runner
 
     def register(self, machine: Machine[Any]) -> None:
         """Make ``machine`` available to advance runs recorded with its digest."""
@@ -365,12 +380,17 @@ class Engine:
         now = self._now()
         task_body = blob_json(task)
         state_body = blob_json(state.model_dump(mode="json"))
+        machine_ref = None
+        if ref:
+            from .loader import canonical_ref  # machines load on demand: reading runs needs no loader
+
+            machine_ref = canonical_ref(ref)
         with self._writing() as conn:
             task_sha = put_blob(conn, task_body, created_at=now)
             state_sha = put_blob(conn, state_body, created_at=now)
             insert_run(
                 tx_of(conn), run_id=run_id, machine_name=machine.name, machine_version=machine.version,
-                machine_digest=machine.digest, machine_ref=canonical_ref(ref) if ref else None,
+                machine_digest=machine.digest, machine_ref=machine_ref,
                 step=machine.start, state_sha256=state_sha, task_sha256=task_sha, now=now,
                 started_by=by, parent_run_id=parent_run_id,
             )
@@ -864,6 +884,8 @@ class Engine:
                 f"{run['machine_name']} v{run['machine_version']}",
                 "not registered with this engine and no reference was recorded at start",
             )
+        from .loader import load_machine  # machines load on demand: reading runs needs no loader
+
         loaded = load_machine(ref)
         if digest not in (loaded.digest, loaded.definition_digest):
             raise self._mismatch(run, loaded)
@@ -925,7 +947,7 @@ class Engine:
             LeaseHeld: another engine holds a live lease on the run.
             MachineLoadError, MachineMismatch: the definition cannot be had.
         """
-        return self._runner.advance(run_id, max_transitions=max_transitions, on_event=on_event)
+        return self.runner.advance(run_id, max_transitions=max_transitions, on_event=on_event)
 
     def resume(
         self,
@@ -956,7 +978,7 @@ class Engine:
                 the message says what to do instead).
             LeaseHeld: another engine still holds a live lease after ``wait``.
         """
-        return self._runner.resume(run_id, wait=wait, on_event=on_event)
+        return self.runner.resume(run_id, wait=wait, on_event=on_event)
 
     def runnable(self, limit: int = 100) -> builtins.list[str]:
         """Ids of RUNNING runs that no live engine holds and whose retry backoff is over. Read-only.
@@ -965,7 +987,7 @@ class Engine:
         (``start --detach``), approved with ``advance=False``
         (``approve --no-continue``), or orphaned by a dead engine.
         """
-        return self._runner.runnable(limit)
+        return self.runner.runnable(limit)
 
     def claim(self, limit: int, *, exclude: Iterable[str] = ()) -> builtins.list[str]:
         """Lease up to ``limit`` runnable runs for this engine to advance; their ids. Commits one transaction.
@@ -982,7 +1004,7 @@ class Engine:
             limit: at most this many ids.
             exclude: run ids not to claim (already in this worker's hands).
         """
-        return self._runner.claim(limit, tuple(exclude))
+        return self.runner.claim(limit, tuple(exclude))
 
     def expire_approvals(self) -> builtins.list[RunInfo]:
         """Apply the on-timeout action of every gate past its approval deadline.
@@ -995,7 +1017,7 @@ class Engine:
         Returns:
             The runs changed, as they stand afterwards.
         """
-        return [self.get(run_id) for run_id in self._runner.expire_due()]
+        return [self.get(run_id) for run_id in self.runner.expire_due()]
 
     # -- the one place a run row changes ---------------------------------------------
 

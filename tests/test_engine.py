@@ -271,3 +271,25 @@ def test_run_rows_equal_the_fold_of_their_events(engine: Engine) -> None:
             current.state_sha256,
             current.run_seq,
         )
+
+
+def test_an_engine_stopped_before_its_first_advance_advances_nothing(db_path: Path) -> None:
+    # The step loop is made on first use (issue #9): a stop() that comes first
+    # must still hold for every later advance of this engine.
+    with Engine(db_path) as stopped:
+        stopped.stop()
+        run = stopped.start(toy, "two words")
+        assert (run.status, run.steps_taken) == (RunStatus.RUNNING, 0)
+        assert stopped.advance(run.run_id).steps_taken == 0
+    with Engine(db_path, machines=[toy]) as other:  # the stopped engine left no lease behind
+        assert other.advance(run.run_id).status is RunStatus.DONE
+
+
+def test_an_engine_that_only_reads_closes_and_then_refuses_use(db_path: Path) -> None:
+    with Engine(db_path) as writer:
+        run_id = writer.start(toy, "two words").run_id
+    reader = Engine(db_path)
+    assert reader.get(run_id).status is RunStatus.DONE
+    reader.close()
+    with pytest.raises(StoreError, match="closed"):
+        reader.get(run_id)

@@ -170,7 +170,7 @@ def test_blobs_already_stored_are_not_written_again(db_path: Path) -> None:
 
 
 def test_blobs_of_a_rolled_back_commit_are_not_remembered_as_stored(engine: Engine) -> None:
-    runner = engine._runner
+    runner = engine.runner
 
     def write(tx: Any, blobs: list[str]) -> Any:
         runner._blob(tx, b'{"never":"committed"}', "2026-01-01T00:00:00.000000Z", blobs)

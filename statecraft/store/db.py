@@ -20,11 +20,9 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.pool import NullPool
-from sqlmodel import SQLModel
 
 from .._time import format_utc, utc_now
 from ..errors import NotAStatecraftDatabase, StoreError
-from . import tables
 from .migrations import SCHEMA_VERSION
 
 __all__ = ["DEFAULT_DB", "GUARD_TRIGGERS", "Database", "Synchronous", "database_url", "sqlite_path"]
@@ -340,7 +338,13 @@ class Database:
             upgrade(conn, ledger_id=ledger_id, now=format_utc(utc_now()), from_version=version)
 
     def _create_schema(self) -> str:
+        # The table models (SQLModel, SQLAlchemy's ORM: ~0.15 s to import) are
+        # needed only here and in migrations; opening an existing database to
+        # read or write runs needs neither (issue #9, bench/bench_startup.py).
+        from sqlmodel import SQLModel
+
         from ..audit.chain import HASHED_COLUMNS, append_event
+        from . import tables
         from .migrations import record_all
 
         with self.write() as conn:

@@ -97,7 +97,7 @@ def test_an_expired_lease_is_taken_over_and_the_takeover_is_audited(db_path: Pat
     m = blocking(Gate(Goto("end")))
     with Engine(db_path, clock=clock) as dead, Engine(db_path, clock=clock, machines=[m]) as alive:
         run = dead.start(m, {}, advance=False)
-        assert dead._runner.acquire(run.run_id) is not None  # and then its process "hangs"
+        assert dead.runner.acquire(run.run_id) is not None  # and then its process "hangs"
         with pytest.raises(LeaseHeld):
             alive.advance(run.run_id)
         clock.advance(timedelta(seconds=61))
@@ -211,7 +211,7 @@ def test_a_step_that_keeps_killing_its_process_fails_the_run_as_a_crash_loop(db_
         run = engine.start(m, {}, advance=False)
         for i in range(4):  # four engines take the step, each "dies" inside it
             with Engine(db_path, clock=clock) as doomed:
-                doomed._runner.acquire(run.run_id)
+                doomed.runner.acquire(run.run_id)
             clock.advance(timedelta(minutes=2))
         final = engine.advance(run.run_id)
         assert (final.status, final.error_code) == (RunStatus.FAILED, "crash_loop")
