@@ -48,10 +48,11 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 from sqlalchemy import Connection
 
-from ._time import format_utc, utc_now
+from ._time import format_utc, parse_utc, utc_now
 from .budget import extend as extend_budget
 from .errors import (
     AdvanceInterrupted,
+    AmbiguousRunId,
     ApprovalExpired,
     ApprovalMismatch,
     ApprovalRefused,
@@ -71,7 +72,7 @@ from .proposals import proposal_digest
 from .store.blobs import blob_json, get_blob, put_blob
 from .store.db import Database, Synchronous
 from .store.ledger import event_rows, first_payload
-from .store.runs import gate_approvers, gate_request, insert_run, list_run_ids, load_run
+from .store.runs import gate_approvers, gate_request, insert_run, list_run_ids, load_run, run_ids_with_prefix
 from .store.txn import Tx, read_tx, tx_of, write_tx
 from .transition import KEEP, write_transition
 from .views import AuditEvent, PendingApproval, RunInfo, StepReport
@@ -85,7 +86,8 @@ __all__ = ["Engine", "StepReport", "proposal_digest"]
 
 _log = logging.getLogger("statecraft.engine")
 
-
+MIN_RUN_ID_PREFIX = 4
+"""The shortest run id prefix :meth:`Engine.resolve_run_id` looks up (as git's abbreviated ids)."""
 
 @dataclass(frozen=True)
 class _Gate:
@@ -834,12 +836,55 @@ class Engine:
         status: RunStatus | str | None = None,
         machine: str | None = None,
         limit: int = 100,
-    ) -> list[RunInfo]:
-        """Runs, newest first, optionally filtered by status and machine name. Read-only."""
-        wanted = None if status is None else str(RunStatus(status))
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+        after: str | None = None,
+    ) -> builtins.list[RunInfo]:
+        """Runs, newest first, filtered; at most ``limit`` (a page). Read-only.
+
+        Args:
+            status: only runs with this status (case-insensitive name).
+            machine: only runs of this machine name.
+            limit: at most this many runs (>= 1).
+            since, until: only runs created in ``[since, until)``: aware
+                datetimes or ISO 8601 strings with an offset.
+            after: the last run id of the previous page: the page after it.
+
+        Raises:
+            ValueError: an unknown status, a limit below 1, or a time without an offset.
+        """
+        wanted = None if status is None else str(RunStatus(str(status).upper()))
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, not {limit}")
+        window = {k: None if v is None else format_utc(v if isinstance(v, datetime) else parse_utc(v))
+                  for k, v in (("since", since), ("until", until))}
         with self.db.read() as conn:
-            ids = list_run_ids(tx_of(conn), status=wanted, machine=machine, limit=limit)
+            ids = list_run_ids(tx_of(conn), status=wanted, machine=machine, limit=limit, after=after, **window)
             return [self._info(conn, rid) for rid in ids]
+
+    def resolve_run_id(self, ref: str) -> str:
+        """The full id of the run ``ref`` names: the id itself, or a unique prefix of it (git-style).
+
+        A prefix needs at least ``MIN_RUN_ID_PREFIX`` (4) characters; it is
+        matched as given, then lower-cased (ids are lower-case UUIDs). Read-only.
+
+        Raises:
+            RunNotFound: no run has that id or prefix.
+            AmbiguousRunId: the prefix matches several runs (they are listed).
+        """
+        ref = ref.strip()
+        with read_tx(self.db) as tx:
+            if ref and load_run(tx, ref) is not None:
+                return ref
+            if len(ref) < MIN_RUN_ID_PREFIX:
+                raise RunNotFound(ref)
+            for prefix in dict.fromkeys((ref, ref.lower())):
+                found = run_ids_with_prefix(tx, prefix, limit=11)
+                if len(found) == 1:
+                    return found[0]
+                if found:
+                    raise AmbiguousRunId(ref, found)
+        raise RunNotFound(ref)
 
     def events(self, run_id: str | None = None) -> builtins.list[AuditEvent]:
         """Audit events in ``seq`` order, of one run or of the whole ledger. Read-only."""

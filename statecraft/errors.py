@@ -15,6 +15,7 @@ differently (restore a backup, check the file, call a reviewer).
     │   └── KeyringError                a signing key or keyring file is unusable
     ├── RunError                        the run went wrong            (run_id)
     │   ├── RunNotFound                 no run with that id
+    │   │   └── AmbiguousRunId            a run id prefix names more than one run
     │   ├── IllegalTransition           lifecycle or step-graph edge not declared
     │   │   └── ApprovalExpired           the gate's deadline passed: its on-timeout action decides
     │   ├── ApprovalMismatch            the pending proposal is not the one approved
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AdvanceInterrupted",
+    "AmbiguousRunId",
     "ApprovalExpired",
     "ApprovalMismatch",
     "ApprovalRefused",
@@ -130,6 +132,23 @@ class RunNotFound(RunError):
 
     def __init__(self, run_id: str) -> None:
         super().__init__(f"no run with id {run_id!r}", run_id=run_id)
+
+
+class AmbiguousRunId(RunNotFound):
+    """A run id prefix that names more than one run (``Engine.resolve_run_id``).
+
+    A ``RunNotFound``: no single run is named. The message lists the candidates
+    (at most ten) so the caller can paste a longer prefix.
+
+    Attributes:
+        run_id: the prefix as given.
+        candidates: full ids of runs it matches (at most ten, sorted).
+    """
+
+    def __init__(self, prefix: str, candidates: list[str]) -> None:
+        self.candidates = list(candidates)
+        shown = ", ".join(self.candidates[:10]) + (", …" if len(self.candidates) > 10 else "")
+        RunError.__init__(self, f"run id prefix {prefix!r} is ambiguous: it matches {shown}", run_id=prefix)
 
 
 class IllegalTransition(RunError):

@@ -152,8 +152,7 @@ def check_transition(
     try:
         return _DEST[(src, trig)]
     except KeyError:
-        allowed = sorted(t for (s, t) in _DEST if s == src)
-        hint = f"allowed: {', '.join(allowed)}" if allowed else f"{src} is terminal"
+        hint = _operator_hint(src)
         who = f"run {run_id}: " if run_id else ""
         raise IllegalTransition(
             f"{who}cannot {trig} a run that is {src} ({hint})",
@@ -161,6 +160,23 @@ def check_transition(
             status=src,
             trigger=trig,
         ) from None
+
+
+#: Triggers an operator asks for by name (CLI commands, Engine methods); the
+#: rest (step, request_approval, finish, fail, expire) only the engine fires.
+OPERATOR_TRIGGERS: Final[frozenset[Trigger]] = frozenset(
+    {Trigger.START, Trigger.APPROVE, Trigger.REJECT, Trigger.CANCEL, Trigger.RETRY}
+)
+
+
+def _operator_hint(status: str) -> str:
+    """What an operator may do with a run in ``status``, in the CLI's words, for a refusal."""
+    if status in TERMINAL_STATUSES:
+        return f"{status} is terminal"
+    actions = sorted(t for (s, t) in _DEST if s == status and Trigger(t) in OPERATOR_TRIGGERS)
+    if status == RunStatus.RUNNING:
+        actions.append("resume (if the process advancing it died)")
+    return f"what an operator can do now: {', '.join(actions)}"
 
 
 def lifecycle_mermaid() -> str:

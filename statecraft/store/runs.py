@@ -186,19 +186,54 @@ def running_since(tx: Tx, run_id: str) -> str | None:
     return None if row is None else row[0]
 
 
-def list_run_ids(tx: Tx, *, status: str | None, machine: str | None, limit: int) -> list[str]:
-    """Run ids, newest first (creation time, then insertion order), filtered by status and machine name."""
+def list_run_ids(
+    tx: Tx,
+    *,
+    status: str | None,
+    machine: str | None,
+    limit: int,
+    since: str | None = None,
+    until: str | None = None,
+    after: str | None = None,
+) -> list[str]:
+    """Run ids, newest first (creation time, then insertion order), filtered; at most ``limit``.
+
+    Args:
+        status, machine: only runs with this status / machine name.
+        since, until: only runs created at or after ``since`` and before
+            ``until`` (stored UTC times, ``_time.format_utc``).
+        after: a page's last run id: only runs listed after it in this order
+            (keyset paging; an id that does not exist gives no rows).
+    """
     clauses, params = [], {"limit": int(limit)}
-    if status is not None:
-        clauses.append("status = :status")
-        params["status"] = status  # type: ignore[assignment]
-    if machine is not None:
-        clauses.append("machine_name = :machine")
-        params["machine"] = machine  # type: ignore[assignment]
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    for clause, key, value in (
+        ("status = :status", "status", status),
+        ("machine_name = :machine", "machine", machine),
+        ("created_at >= :since", "since", since),
+        ("created_at < :until", "until", until),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            params[key] = value  # type: ignore[assignment]
     # SQLite's rowid is insertion order; PostgreSQL has none, run_id breaks the tie there.
-    tie = "rowid DESC" if tx.sqlite else "run_id DESC"
-    return [r[0] for r in tx.all(f"SELECT run_id FROM run {where} ORDER BY created_at DESC, {tie} LIMIT :limit", params)]
+    tie = "rowid" if tx.sqlite else "run_id"
+    if after is not None:
+        clauses.append(
+            f"(created_at, {tie}) < (SELECT created_at, {tie} FROM run WHERE run_id = :after)"
+        )
+        params["after"] = after  # type: ignore[assignment]
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return [r[0] for r in tx.all(
+        f"SELECT run_id FROM run {where} ORDER BY created_at DESC, {tie} DESC LIMIT :limit", params
+    )]
+
+
+def run_ids_with_prefix(tx: Tx, prefix: str, limit: int) -> list[str]:
+    """Ids of runs whose id starts with ``prefix`` (case as given), sorted; at most ``limit``."""
+    return [r[0] for r in tx.all(
+        "SELECT run_id FROM run WHERE substr(run_id, 1, :n) = :prefix ORDER BY run_id LIMIT :limit",
+        {"n": len(prefix), "prefix": prefix, "limit": int(limit)},
+    )]
 
 
 def gate_request(tx: Tx, run_id: str, event_id: str) -> tuple[str, str | None] | None:

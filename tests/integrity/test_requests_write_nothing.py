@@ -89,7 +89,7 @@ CLERK = "clerk@example.com"
 
 #: Public Engine methods that only read, or manage the engine object itself.
 NOT_REQUESTS = {
-    "close", "stop", "register", "get", "list", "events", "task", "machine_for", "runnable", "keyring",
+    "close", "stop", "register", "get", "list", "resolve_run_id", "events", "task", "machine_for", "runnable", "keyring",
     "report",  # hands a committed transition to the on_event hook; writes nothing
 }
 
