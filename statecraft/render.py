@@ -25,9 +25,10 @@ spreadsheet formulas (OWASP "CSV injection": a cell starting with
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.text import Text
 
 __all__ = ["cell", "csv_cell", "safe"]
 
@@ -60,6 +61,8 @@ def safe(value: Any) -> str:
 
 def cell(value: Any, style: str | None = None) -> Text:
     """Data for a rich table or console line: :func:`safe` text, never parsed as markup."""
+    from rich.text import Text  # here, so that importing this module costs no rich
+
     return Text(safe(value), style=style or "")
 
 

@@ -38,7 +38,7 @@ def test_every_committing_connection_runs_with_the_promised_synchronous_level(
 
 
 def test_the_cli_honours_statecraft_synchronous(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from statecraft.cli import _open
+    from statecraft.cli.common import open_engine as _open
 
     Database(db_path).close()
     for value, level in (("NORMAL", 1), ("FULL", 2), (None, 2)):

@@ -15,27 +15,33 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
-from rich.text import Text
 
-from .audit.anchor import Anchor, read_anchor, remember_anchor, take_anchor
-from .audit.chain import ALL_COLUMNS
-from .audit.export import export_bundle, verify_export
-from .audit.query import EventFilter, RunTimeline, iter_events, parse_time, run_timeline
-from .audit.redact import DEFAULT_PARTS, PARTS, redact_event
-from .audit.verify import VerifyReport, verify_ledger
-from .cli import _db_options, _default_actor, _err, _fail, _Group, _json_option, _open, _out
-from .lifecycle import RunStatus
-from .render import cell, csv_cell, safe
+from ..lifecycle import RunStatus
+from ..render import cell, csv_cell, safe
+from .common import EXIT_USAGE, db_option, default_actor, emit, err_console, fail, json_option, open_engine, resolve_run
 
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..audit.anchor import Anchor
+    from ..audit.query import RunTimeline
+    from ..audit.verify import VerifyReport
+
+__all__ = ["audit"]
+
+#: What ``audit redact --part`` can remove: ``statecraft.audit.redact.PARTS``
+#: (a test keeps the two equal; importing that module here would load SQLAlchemy for --help).
+_PARTS = ("payload", "input", "output", "state")
+_DEFAULT_PARTS = ("payload", "input", "output")
 _TABLE_LIMIT = 200
 _PREVIEW_CHARS = 160
 
 
-@click.group(cls=_Group)
+@click.group()
 def audit() -> None:
     """Query, verify, anchor, export and redact the audit ledger.
 
@@ -52,13 +58,33 @@ def audit() -> None:
 def _time(value: str | None, option: str) -> str | None:
     if value is None:
         return None
+    from ..audit.query import parse_time
+
     try:
         return parse_time(value)
     except ValueError as exc:
-        _fail(f"{option}: {exc}", 2)
+        fail(f"{option}: {exc}", EXIT_USAGE)
+
+
+def _run_ref(engine: Any, ref: str) -> str:
+    """The run id ``ref`` names (a unique prefix is enough); ``ref`` itself if no run row has it.
+
+    The ledger may hold events of a run whose row is gone (an insider's
+    deletion that verify reports): a reviewer must still be able to name it.
+    """
+    from ..errors import AmbiguousRunId, RunNotFound
+
+    try:
+        return resolve_run(engine, ref)
+    except AmbiguousRunId:
+        raise
+    except RunNotFound:
+        return ref
 
 
 def _anchors(paths: tuple[str, ...]) -> list[Anchor]:
+    from ..audit.anchor import read_anchor
+
     return [read_anchor(p) for p in paths]
 
 
@@ -72,7 +98,7 @@ def _anchors(paths: tuple[str, ...]) -> list[Anchor]:
 @click.option("--event", "event_types", multiple=True, metavar="TYPE",
               help="Only this event type; wildcards allowed (approval.*); repeatable.")
 @click.option("--step", help="Only events leaving or entering this step.")
-@click.option("--status", type=click.Choice([s.value for s in RunStatus]),
+@click.option("--status", type=click.Choice([s.value for s in RunStatus], case_sensitive=False),
               help="Only events after which the run has this status.")
 @click.option("--since", help="From this time on (ISO 8601 with offset, inclusive).")
 @click.option("--until", help="Before this time (ISO 8601 with offset, exclusive).")
@@ -81,7 +107,7 @@ def _anchors(paths: tuple[str, ...]) -> list[Anchor]:
 @click.option("--limit", type=click.IntRange(1), default=None,
               help=f"At most this many events (table default {_TABLE_LIMIT}; --json/--csv: all).")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV (every column) instead of a table.")
-@_db_options
+@db_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines (every column) instead of a table.")
 def audit_log(
     run_id: str | None, machine: str | None, actor: str | None, event_types: tuple[str, ...],
@@ -100,8 +126,13 @@ def audit_log(
       statecraft audit log --actor alice@example.com --since 2025-03-01T00:00:00Z --until 2025-04-01T00:00:00Z
       statecraft audit log --event 'approval.*' --csv > approvals.csv
     """
+    from rich.table import Table
+
+    from ..audit.chain import ALL_COLUMNS
+    from ..audit.query import EventFilter, iter_events
+
     if as_json and as_csv:
-        _fail("choose one of --json and --csv", 2)
+        fail("choose one of --json and --csv", EXIT_USAGE)
     table_output = not (as_json or as_csv)
     page = limit if limit is not None else (_TABLE_LIMIT if table_output else None)
     flt = EventFilter(
@@ -109,7 +140,10 @@ def audit_log(
         status=status, model=model, since=_time(since, "--since"), until=_time(until, "--until"),
         after_seq=after_seq, limit=None if page is None else page + 1,
     )
-    with _open(db) as engine:
+    with open_engine(db) as engine:
+        if run_id is not None:
+            flt = dataclasses.replace(flt, run_id=_run_ref(engine, run_id))
+            run_id = flt.run_id
         shown = 0
         last_seq = None
         more = False
@@ -131,11 +165,11 @@ def audit_log(
                 table.add_row(*_log_cells(e))
         if shown == 0 and run_id is not None and after_seq == 0:
             if not any(True for _ in iter_events(engine.db, EventFilter(run_id=run_id, limit=1))):
-                _fail(f"no run with id {run_id!r} in the audit log")
+                fail(f"no run with id {run_id!r} in the audit log")
     if table_output:
-        _out.print(table)
+        emit(table)
     if more:
-        _err.print(cell(f"more events: next page with --after {last_seq}"), highlight=False)
+        err_console().print(cell(f"more events: next page with --after {last_seq}"), highlight=False)
 
 
 def _log_cells(e: dict[str, Any]) -> tuple[Text, ...]:
@@ -157,6 +191,8 @@ def _cut(value: str, limit: int) -> str:
 
 def _rows(table: Table, *values: Any) -> None:
     """One table row of data: every value rendered through ``render.cell`` (never markup)."""
+    from rich.text import Text
+
     table.add_row(*(v if isinstance(v, Text) else cell(v) for v in values))
 
 
@@ -166,8 +202,8 @@ def _rows(table: Table, *values: Any) -> None:
 @audit.command(name="show")
 @click.argument("run_id")
 @click.option("--full", is_flag=True, help="Show inputs, outputs and payloads in full (default: truncated).")
-@_db_options
-@_json_option
+@db_option
+@json_option
 def audit_show(run_id: str, full: bool, db: str, as_json: bool) -> None:
     """The full timeline of one run: transitions, actors, reasons, approvals, usage, inputs and outputs.
 
@@ -179,8 +215,10 @@ def audit_show(run_id: str, full: bool, db: str, as_json: bool) -> None:
     Example:
       statecraft audit show 3f2c… --full
     """
-    with _open(db) as engine:
-        timeline = run_timeline(engine.db, run_id)
+    with open_engine(db) as engine:
+        from ..audit.query import run_timeline
+
+        timeline = run_timeline(engine.db, _run_ref(engine, run_id))
     if as_json:
         click.echo(json.dumps(_timeline_json(timeline), ensure_ascii=False))
         return
@@ -247,6 +285,9 @@ def _clip(value: str | None, full: bool) -> str:
 
 
 def _print_timeline(t: RunTimeline, full: bool) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     run = t.run
     head = Table(show_header=False, box=None, pad_edge=False)
     head.add_column(style="bold")
@@ -273,7 +314,7 @@ def _print_timeline(t: RunTimeline, full: bool) -> None:
         f"${t.totals['cost_micros'] / 1e6:.6f} ({t.totals['cost_micros']} micro-USD), "
         f"{t.totals['latency_ms']} ms in agents",
     )
-    _out.print(head)
+    emit(head)
 
     timeline = Table("#", "seq", "time (UTC)", "event", "transition", "actor", "details", title="timeline")
     for e in t.events:
@@ -286,7 +327,7 @@ def _print_timeline(t: RunTimeline, full: bool) -> None:
             timeline, e["run_seq"], e["seq"], e["occurred_at"], e["event_type"], Text(transition),
             f"{e['actor_type']}:{e['actor_id']}", _details(t, e, full),
         )
-    _out.print(timeline)
+    emit(timeline)
 
     if t.approvals:
         gates = Table("requested", "by", "reason", "decided", "decision", "by", "comment", "flags", title="approvals")
@@ -307,10 +348,12 @@ def _print_timeline(t: RunTimeline, full: bool) -> None:
                     d.get("actor_id", "") if d else "", _clip(d.get("reason"), full) if d else "",
                     ", ".join(flags),
                 )
-        _out.print(gates)
+        emit(gates)
 
 
 def _details(t: RunTimeline, e: dict[str, Any], full: bool) -> Text:
+    from rich.text import Text
+
     lines: list[str] = []
     if e["decision"] or e["outcome"]:
         lines.append(f"decision {e['decision'] or '-'} → {e['outcome'] or '-'}")
@@ -371,8 +414,8 @@ def _is_json_body(line: str) -> bool:
               help="Check that every blob an event references is stored (a deleted blob row); one lookup per reference.")
 @click.option("--keyring", metavar="DIR",
               help="Also check every approval's signature against this keyring (statecraft keys).")
-@_db_options
-@_json_option
+@db_option
+@json_option
 def audit_verify(anchor_paths: tuple[str, ...], blob_refs: bool, keyring: str | None, db: str, as_json: bool) -> None:
     """Verify the hash chain, blobs and run rows; with --anchor, also the tail and history.
 
@@ -394,13 +437,16 @@ def audit_verify(anchor_paths: tuple[str, ...], blob_refs: bool, keyring: str | 
       statecraft audit verify --anchor /worm/ledger-2025-03.anchor
       statecraft audit verify --keyring /srv/statecraft/keyring
     """
+    from ..audit.anchor import remember_anchor
+    from ..audit.verify import verify_ledger
+
     anchors = _anchors(anchor_paths)
     ring = None
     if keyring is not None:
-        from .signing import Keyring
+        from ..signing import Keyring
 
         ring = Keyring.load(keyring)
-    with _open(db) as engine:
+    with open_engine(db) as engine:
         report = verify_ledger(engine.db, anchors=anchors, check_blob_refs=blob_refs, keyring=ring)
         remembered = True
         if report.ok and anchors:
@@ -415,9 +461,9 @@ def audit_verify(anchor_paths: tuple[str, ...], blob_refs: bool, keyring: str | 
             click.echo(safe(f"signatures: {report.signatures_checked} signed approvals verified against keyring {keyring}"))
     if not as_json:
         for warning in report.warnings:
-            _err.print(cell(f"warning: {warning}"), highlight=False)
+            err_console().print(cell(f"warning: {warning}"), highlight=False)
     if not remembered:
-        _err.print("note: the database is read-only here, so this anchor was not remembered", highlight=False)
+        err_console().print("note: the database is read-only here, so this anchor was not remembered", highlight=False)
     if not report.ok:
         sys.exit(1)
 
@@ -449,8 +495,8 @@ def _verify_line(report: VerifyReport, anchors: list[Anchor]) -> str:
 @audit.command(name="anchor")
 @click.option("--out", "out", metavar="FILE", help="Write the anchor to FILE (must not exist); default stdout.")
 @click.option("--by", default=None, help="Actor id recorded on the ledger.anchored event (default user:$USER).")
-@_db_options
-@_json_option
+@db_option
+@json_option
 def audit_anchor(out: str | None, by: str | None, db: str, as_json: bool) -> None:
     """Record a ledger.anchored event and write the ledger head as an anchor.
 
@@ -464,12 +510,14 @@ def audit_anchor(out: str | None, by: str | None, db: str, as_json: bool) -> Non
       statecraft audit anchor --out /worm/ledger-$(date -u +%Y%m%dT%H%M%SZ).anchor
     """
     if out is not None and Path(out).exists():
-        _fail(f"{out} exists; anchors are write-once, choose a new file name")
-    with _open(db) as engine:
-        anchor = take_anchor(engine.db, by=by or _default_actor(), actor_type="human")
+        fail(f"{out} exists; anchors are write-once, choose a new file name")
+    from ..audit.anchor import take_anchor
+
+    with open_engine(db) as engine:
+        anchor = take_anchor(engine.db, by=by or default_actor(), actor_type="human")
     if out is not None:
         _write_new(Path(out), anchor.text())
-        _err.print(cell(f"anchored seq {anchor.seq} of ledger {anchor.ledger_id} → {out}"), highlight=False)
+        err_console().print(cell(f"anchored seq {anchor.seq} of ledger {anchor.ledger_id} → {out}"), highlight=False)
     if as_json:
         click.echo(json.dumps({"ledger_id": anchor.ledger_id, "seq": anchor.seq,
                                "entry_hash": anchor.entry_hash, "time": anchor.time, "text": anchor.text()}))
@@ -484,7 +532,7 @@ def _write_new(path: Path, content: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as exc:
-        _fail(f"cannot write {path}: {exc.strerror or exc}")
+        fail(f"cannot write {path}: {exc.strerror or exc}")
 
 
 # -- export ----------------------------------------------------------------------------
@@ -499,8 +547,8 @@ def _write_new(path: Path, content: str) -> None:
 @click.option("--anchor", "anchor_paths", multiple=True, metavar="FILE",
               help="Include this anchor and extend the context to it; repeatable.")
 @click.option("--out", "out", required=True, metavar="FILE", help="The bundle to write (must not exist); - for stdout.")
-@_db_options
-@_json_option
+@db_option
+@json_option
 def audit_export(
     runs: tuple[str, ...], since: str | None, until: str | None, through: int | None,
     anchor_paths: tuple[str, ...], out: str, db: str, as_json: bool,
@@ -516,11 +564,14 @@ def audit_export(
       statecraft audit export --run 3f2c… --out run-3f2c.jsonl
       statecraft audit export --since 2025-03-01T00:00Z --until 2025-04-01T00:00Z --anchor q1.anchor --out march.jsonl
     """
+    from ..audit.export import export_bundle
+
     anchors = _anchors(anchor_paths)
     target = None if out == "-" else Path(out)
     if target is not None and target.exists():
-        _fail(f"{out} exists; choose a new file name")
-    with _open(db) as engine:
+        fail(f"{out} exists; choose a new file name")
+    with open_engine(db) as engine:
+        runs = tuple(_run_ref(engine, r) for r in runs)
         if target is None:
             summary = export_bundle(engine.db, sys.stdout, runs=runs, since=_time(since, "--since"),
                                     until=_time(until, "--until"), through=through, anchors=anchors)
@@ -543,14 +594,14 @@ def audit_export(
     if as_json and target is not None:
         click.echo(json.dumps({"out": out, **dataclasses.asdict(summary)}))
     else:
-        _err.print(cell(message), highlight=False)
+        err_console().print(cell(message), highlight=False)
 
 
 @audit.command(name="verify-export")
 @click.argument("bundle", type=click.Path(dir_okay=False))
 @click.option("--anchor", "anchor_paths", multiple=True, metavar="FILE",
               help="An anchor kept outside the database; its seq must lie inside the bundle. Repeatable.")
-@_json_option
+@json_option
 def audit_verify_export(bundle: str, anchor_paths: tuple[str, ...], as_json: bool) -> None:
     """Check an export bundle without the database.
 
@@ -563,7 +614,9 @@ def audit_verify_export(bundle: str, anchor_paths: tuple[str, ...], as_json: boo
       statecraft audit verify-export run-3f2c.jsonl --anchor q1.anchor
     """
     if not Path(bundle).is_file():
-        _fail(f"no bundle at {bundle}", 2)
+        fail(f"no bundle at {bundle}", EXIT_USAGE)
+    from ..audit.export import verify_export
+
     report = verify_export(bundle, anchors=_anchors(anchor_paths))
     if as_json:
         click.echo(json.dumps(report.model_dump(mode="json"), ensure_ascii=False))
@@ -604,10 +657,10 @@ def audit_verify_export(bundle: str, anchor_paths: tuple[str, ...], as_json: boo
 @click.argument("event")
 @click.option("--by", required=True, help="Stable id of who authorises the redaction (e.g. the DPO).")
 @click.option("--reason", required=True, help="Why (e.g. the erasure request's reference); recorded.")
-@click.option("--part", "parts", multiple=True, type=click.Choice(PARTS),
-              help=f"What to remove; repeatable (default: {', '.join(DEFAULT_PARTS)}).")
-@_db_options
-@_json_option
+@click.option("--part", "parts", multiple=True, type=click.Choice(_PARTS),
+              help=f"What to remove; repeatable (default: {', '.join(_DEFAULT_PARTS)}).")
+@db_option
+@json_option
 def audit_redact(event: str, by: str, reason: str, parts: tuple[str, ...], db: str, as_json: bool) -> None:
     """Remove an event's payload and input/output bodies, recorded by a payload.redacted event.
 
@@ -619,8 +672,10 @@ def audit_redact(event: str, by: str, reason: str, parts: tuple[str, ...], db: s
     Example:
       statecraft audit redact 6f1e… --by dpo@example.com --reason "erasure request ER-2025-17"
     """
-    with _open(db) as engine:
-        done = redact_event(engine.db, event, by=by, reason=reason, parts=parts or DEFAULT_PARTS)
+    from ..audit.redact import redact_event
+
+    with open_engine(db) as engine:
+        done = redact_event(engine.db, event, by=by, reason=reason, parts=parts or _DEFAULT_PARTS)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(done)))
         return

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from .render import cell
-from .signing import Keyring, KeyringEntry, SigningKey, add_to_keyring
+from ..render import cell
+from .common import emit, err_console, table
 
-_out = Console(soft_wrap=True)
-_err = Console(stderr=True, soft_wrap=True)
+if TYPE_CHECKING:
+    from ..signing import KeyringEntry
+
+__all__ = ["keys"]
 
 
 @click.group()
@@ -54,13 +55,15 @@ def keys_init(by: str, key_path: str, keyring: str | None, as_json: bool) -> Non
     Example:
       statecraft keys init --by alice@example.com --key ~/.statecraft/alice.key > alice.pub
     """
+    from ..signing import SigningKey, add_to_keyring
+
     key = SigningKey.generate(by)
     key.save(key_path)
     entry = key.public_entry()
-    _err.print(cell(f"private key {key.key_id} for {key.actor_id} → {key_path}"))
+    err_console().print(cell(f"private key {key.key_id} for {key.actor_id} → {key_path}"))
     if keyring is not None:
         written = add_to_keyring(entry, keyring)
-        _err.print(cell(f"public entry → {written}"))
+        err_console().print(cell(f"public entry → {written}"))
     if as_json:
         click.echo(json.dumps(_entry_json(entry, None), ensure_ascii=False))
     elif keyring is None:
@@ -81,6 +84,8 @@ def keys_add(entry_file: str, keyring: str) -> None:
     Example:
       statecraft keys add alice.pub --keyring /srv/statecraft/keyring
     """
+    from ..signing import KeyringEntry, add_to_keyring
+
     path = Path(entry_file)
     try:
         content = path.read_text(encoding="utf-8")
@@ -88,7 +93,7 @@ def keys_add(entry_file: str, keyring: str) -> None:
         raise click.UsageError(f"cannot read {entry_file}: {exc}") from exc
     entry = KeyringEntry.parse(content, source=entry_file)
     written = add_to_keyring(entry, keyring)
-    _err.print(cell(f"key {entry.key_id} of {entry.actor_id} → {written}"))
+    err_console().print(cell(f"key {entry.key_id} of {entry.actor_id} → {written}"))
 
 
 @keys.command(name="list")
@@ -102,17 +107,19 @@ def keys_list(keyring: str, as_json: bool) -> None:
     Example:
       statecraft keys list --keyring /srv/statecraft/keyring --json
     """
+    from ..signing import Keyring
+
     ring = Keyring.load(keyring)
     entries = sorted(ring.entries.values(), key=lambda e: (e.actor_id, e.created_at))
     if as_json:
         for entry in entries:
             click.echo(json.dumps(_entry_json(entry, keyring), ensure_ascii=False))
         return
-    table = Table("actor", "key id", "created")
+    rows = table("actor", "key id", "created")
     for entry in entries:
         # Data, never markup or terminal control (statecraft/render.py).
-        table.add_row(cell(entry.actor_id), cell(entry.key_id), cell(entry.created_at))
-    _out.print(table)
+        rows.add_row(cell(entry.actor_id), cell(entry.key_id), cell(entry.created_at))
+    emit(rows)
 
 
 def _entry_json(entry: KeyringEntry, keyring: str | None) -> dict[str, str | None]:
