@@ -338,3 +338,13 @@ def test_output_honours_columns_without_trailing_padding(cli: Cli, monkeypatch: 
         assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", listing), listing  # times whole at 80 columns
     monkeypatch.setenv("COLUMNS", "80")
     assert "…" in cli("list").stdout  # the long reason is cut, visibly
+
+
+def test_the_cli_offers_exactly_the_redactable_parts() -> None:
+    """cli/audit.py spells the parts out (importing audit.redact would load SQLAlchemy for --help)."""
+    from statecraft.audit import redact
+    from statecraft.cli.audit import audit_redact
+
+    part = next(p for p in audit_redact.params if p.name == "parts")
+    assert tuple(part.type.choices) == redact.PARTS  # type: ignore[attr-defined]
+    assert f"default: {', '.join(redact.DEFAULT_PARTS)}" in (part.help or "")
