@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+from contextlib import nullcontext
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -339,20 +340,10 @@ def approve(
 def _progress_for(engine: Any, run_id: str, quiet: bool) -> Any:
     """A :class:`StepProgress` for advancing ``run_id`` from where it stands (silent with ``quiet``)."""
     if quiet:
-        return _Quiet()
+        return nullcontext()  # as ``progress``: None, so the engine reports to no one
     current = engine.get(run_id)
     step = current.pending.resume_at if current.pending is not None else current.step
     return StepProgress(step)
-
-
-class _Quiet:
-    """Stands in for :class:`StepProgress` when nothing is to be shown (``--json``)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 @click.command()
