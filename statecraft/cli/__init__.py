@@ -2,7 +2,7 @@
 
 Data goes to stdout (``--json`` on every command that shows data), messages
 and progress to stderr. Every error is one ``error: …`` line on stderr; exit
-codes are documented in :mod:`statecraft.cli.common` and docs/operations.md.
+codes are documented in :mod:`statecraft.cli.common` and docs/cli.md.
 ``--db`` (or ``$STATECRAFT_DB``) names the database on every command; a run
 id may be given as any unique prefix of at least 4 characters.
 

@@ -1,6 +1,6 @@
 """What every ``statecraft`` command shares: errors and exit codes, options, output, run ids.
 
-Exit codes (docs/operations.md, "Exit codes"), the same for every command:
+Exit codes (docs/cli.md), the same for every command:
 
 ====  ==========================================================================
 0     done: the run is DONE, WAITING_FOR_APPROVAL, or was left to a worker;
