@@ -348,3 +348,17 @@ def test_the_cli_offers_exactly_the_redactable_parts() -> None:
     part = next(p for p in audit_redact.params if p.name == "parts")
     assert tuple(part.type.choices) == redact.PARTS  # type: ignore[attr-defined]
     assert f"default: {', '.join(redact.DEFAULT_PARTS)}" in (part.help or "")
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    db = tmp_path / "many.db"
+    with Engine(db) as engine:
+        machine = load_machine(TOY)
+        for _ in range(150):
+            engine.start(machine, "one two three four five six seven", by="clerk", ref=TOY)
+    proc = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {' '.join(EXE)} audit log --json --db {db} | head -n 1 >/dev/null"],
+        capture_output=True, text=True, timeout=120,
+    )
+    # click's convention for a closed pipe: stop writing, say nothing, exit 1.
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr
