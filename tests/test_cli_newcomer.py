@@ -82,7 +82,7 @@ def test_every_command_takes_a_unique_prefix_and_refuses_an_ambiguous_one(cli: C
 
 def test_tables_print_ids_that_can_be_pasted_back(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     start(cli, "one two three four five")
-    for columns in ("80", "200"):
+    for columns in ("40", "80", "200"):
         monkeypatch.setenv("COLUMNS", columns)
         shown = cli("list").stdout.splitlines()[2].split()[0]
         assert cli.json("status", shown)["status"] == "WAITING_FOR_APPROVAL", columns

@@ -21,7 +21,18 @@ import click
 
 from ..lifecycle import RunStatus
 from ..render import cell, csv_cell, safe
-from .common import EXIT_USAGE, db_option, default_actor, emit, err_console, fail, json_option, open_engine, resolve_run
+from .common import (
+    EXIT_USAGE,
+    db_option,
+    default_actor,
+    emit,
+    err_console,
+    fail,
+    json_option,
+    open_engine,
+    resolve_run,
+    table,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -126,8 +137,6 @@ def audit_log(
       statecraft audit log --actor alice@example.com --since 2025-03-01T00:00:00Z --until 2025-04-01T00:00:00Z
       statecraft audit log --event 'approval.*' --csv > approvals.csv
     """
-    from rich.table import Table
-
     from ..audit.chain import ALL_COLUMNS
     from ..audit.query import EventFilter, iter_events
 
@@ -147,7 +156,8 @@ def audit_log(
         shown = 0
         last_seq = None
         more = False
-        table = Table("seq", "time (UTC)", "run", "#", "event", "status", "step", "actor", "model", "reason")
+        rows = table("seq", "time (UTC)", "run", "#", "event", "status", "step", "actor", "model", "reason",
+                     optional=("#", "status", "model"), whole=("seq", "time (UTC)", "run"))
         writer = csv.DictWriter(sys.stdout, fieldnames=list(ALL_COLUMNS)) if as_csv else None
         if writer is not None:
             writer.writeheader()
@@ -162,12 +172,12 @@ def audit_log(
             elif writer is not None:
                 writer.writerow({k: ("" if v is None else csv_cell(v)) for k, v in e.items()})
             else:
-                table.add_row(*_log_cells(e))
+                rows.add_row(*_log_cells(e))
         if shown == 0 and run_id is not None and after_seq == 0:
             if not any(True for _ in iter_events(engine.db, EventFilter(run_id=run_id, limit=1))):
                 fail(f"no run with id {run_id!r} in the audit log")
     if table_output:
-        emit(table)
+        emit(rows)
     if more:
         err_console().print(cell(f"more events: next page with --after {last_seq}"), highlight=False)
 
@@ -181,12 +191,8 @@ def _log_cells(e: dict[str, Any]) -> tuple[Text, ...]:
     return tuple(cell(v) for v in (
         e["seq"], e["occurred_at"][:23], (e["run_id"] or "")[:8], e["run_seq"] or "",
         e["event_type"], status, step, f"{e['actor_type']}:{e['actor_id']}", e["model_id"] or "",
-        _cut(e["reason"] or "", 60),
+        e["reason"] or "",
     ))
-
-
-def _cut(value: str, limit: int) -> str:
-    return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
 def _rows(table: Table, *values: Any) -> None:

@@ -330,7 +330,10 @@ def emit(renderable: RenderableType | Rows) -> None:
     """Print ``renderable`` on stdout; when not a terminal, without the padding rich leaves at line ends."""
     console = out_console()
     if isinstance(renderable, Rows):
-        renderable = renderable.build(console.width)
+        rows = renderable
+        renderable = rows.build(console.width)
+        if rows.needed > console.width:
+            console.width = rows.needed  # whole columns (run ids) are never cut, even on a tiny console
     if console.is_terminal:
         console.print(renderable)
         return
@@ -349,7 +352,9 @@ class Rows:
     """A table for a person that fits the console: one line per row, cut text ends in ``…``.
 
     Every column is as wide as its widest cell, except the ``flex`` column,
-    which takes the width left and is cut. On a console narrower than
+    which takes the width left and is cut; when even that does not fit,
+    columns other than the ``whole`` ones (default: ``run``) shrink and are
+    cut too. On a console narrower than
     :data:`WIDE` (an 80-column terminal), ``run`` cells show the first
     :data:`SHORT_ID` characters of the id (a prefix every command accepts, so
     they can be pasted back) and the ``optional`` columns are left out.
@@ -357,13 +362,20 @@ class Rows:
     """
 
     def __init__(
-        self, *columns: str, flex: str | None = None, optional: tuple[str, ...] = (), title: str | None = None
+        self,
+        *columns: str,
+        flex: str | None = None,
+        optional: tuple[str, ...] = (),
+        whole: tuple[str, ...] = ("run",),
+        title: str | None = None,
     ) -> None:
         self.columns = columns
         self.flex = flex if flex is not None else columns[-1]
         self.optional = optional
+        self.whole = whole
         self.title = title
         self.rows: list[tuple[Any, ...]] = []
+        self.needed = 0  # the width the last build needs: more than asked when whole columns do not fit
 
     def add_row(self, *cells: Any) -> None:
         """One row: rich ``Text`` cells (``render.cell``), one per column."""
@@ -382,26 +394,49 @@ class Rows:
             at = names.index("run")
             for r in rows:
                 r[at] = r[at][:SHORT_ID]
-        widest = [max([len(name)] + [len(getattr(r[i], "plain", str(r[i]))) for r in rows])
+        widths = [max([len(name)] + [len(getattr(r[i], "plain", str(r[i]))) for r in rows])
                   for i, name in enumerate(names)]
-        # box.SIMPLE: two spaces between columns, a rule under the header, no side borders.
-        fixed = sum(w for name, w in zip(names, widest) if name != self.flex) + 2 * (len(names) - 1)
-        t = Table(title=self.title, box=box.SIMPLE, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
-        for name, w in zip(names, widest):
-            if name == self.flex:
-                t.add_column(name, no_wrap=True, overflow="ellipsis", max_width=max(8, width - fixed))
-            else:
-                t.add_column(name, no_wrap=True, overflow="ellipsis", min_width=w)
+        gaps = 2 * (len(names) - 1)
+        _fit(widths, [self._give(name) for name in names], width - gaps)
+        self.needed = sum(widths) + gaps
+        # box.SIMPLE without edges: two spaces between columns, a rule under the header.
+        t = Table(title=self.title, box=box.SIMPLE, show_edge=False, pad_edge=False, padding=(0, 1),
+                  collapse_padding=True)
+        for name, w in zip(names, widths):
+            t.add_column(name, no_wrap=True, overflow="ellipsis", width=w)
         for r in rows:
             t.add_row(*r)
         return t
 
 
+    def _give(self, name: str) -> int:
+        """In which round a column gives up width: the flex column first, then the rest; whole ones never."""
+        return 0 if name == self.flex else (2 if name in self.whole else 1)
+
+
+def _fit(widths: list[int], give: list[int], room: int) -> None:
+    """Shrink ``widths`` in place until they sum to ``room``: round 0 columns first (to 8), then round 1 (to 3).
+
+    Round 2 columns keep their width even if the line must then be longer.
+    """
+    for rank, floor in ((0, 8), (1, 3)):
+        while sum(widths) > room:
+            candidates = [i for i, g in enumerate(give) if g == rank and widths[i] > floor]
+            if not candidates:
+                break
+            widest = max(candidates, key=lambda i: widths[i])
+            widths[widest] -= 1
+
+
 def table(
-    *columns: str, flex: str | None = None, optional: tuple[str, ...] = (), title: str | None = None
+    *columns: str,
+    flex: str | None = None,
+    optional: tuple[str, ...] = (),
+    whole: tuple[str, ...] = ("run",),
+    title: str | None = None,
 ) -> Rows:
     """A :class:`Rows` table: ``flex`` (default: the last column) is cut to fit; ``optional`` go when narrow."""
-    return Rows(*columns, flex=flex, optional=optional, title=title)
+    return Rows(*columns, flex=flex, optional=optional, whole=whole, title=title)
 
 
 def when(stored: str | None) -> str:

@@ -245,7 +245,8 @@ def list_runs(
     else:
         from ..render import cell
 
-        rows = table("run", "status", "updated (UTC)", "step", "machine", "reason", optional=("machine",))
+        rows = table("run", "status", "updated (UTC)", "step", "machine", "reason", optional=("machine",),
+                     whole=("run", "updated (UTC)"))
         for r in runs:
             rows.add_row(
                 cell(r.run_id), status_text(r.status), cell(when(r.updated_at)), cell(r.step),
