@@ -71,8 +71,8 @@ from .outcomes import ApprovalPolicy
 from .proposals import proposal_digest
 from .store.blobs import blob_json, get_blob, put_blob
 from .store.db import Database, Synchronous
-from .store.ledger import event_rows, first_payload
-from .store.runs import gate_approvers, gate_request, insert_run, list_run_ids, load_run, run_ids_with_prefix
+from .store.ledger import AuditRecord, event_rows, first_payload
+from .store.runs import RunRecord, gate_approvers, gate_request, insert_run, list_run_ids, load_run, run_ids_with_prefix
 from .store.txn import Tx, read_tx, tx_of, write_tx
 from .transition import KEEP, write_transition
 from .views import AuditEvent, PendingApproval, RunInfo, StepReport
@@ -692,7 +692,7 @@ class Engine:
     def _failed_by(
         self,
         conn: Connection | Tx,
-        run: Mapping[str, Any],
+        run: RunRecord,
         by: str,
         now: str,
         *,
@@ -727,7 +727,7 @@ class Engine:
             release_lease=release_lease,
         )
 
-    def _gate(self, conn: Connection | Tx, run: Mapping[str, Any]) -> _Gate:
+    def _gate(self, conn: Connection | Tx, run: RunRecord) -> _Gate:
         """The pending gate's policy, requester and approvals so far. Read-only.
 
         The policy is read from the ``approval.requested`` event's output (the
@@ -917,7 +917,7 @@ class Engine:
             run = self._load_row(conn, run_id)
         return self._machine(run)
 
-    def _machine(self, run: Mapping[str, Any]) -> Machine[Any]:
+    def _machine(self, run: RunRecord) -> Machine[Any]:
         digest = run["machine_digest"]
         # A run recorded before code digests existed names its definition digest.
         machine = self._machines.get(digest) or self._by_definition.get(digest)
@@ -937,7 +937,7 @@ class Engine:
         self.register(loaded)
         return loaded
 
-    def _mismatch(self, run: Mapping[str, Any], loaded: Machine[Any]) -> MachineMismatch:
+    def _mismatch(self, run: RunRecord, loaded: Machine[Any]) -> MachineMismatch:
         """``MachineMismatch`` saying what changed, from the machine recorded at ``run.created``. Read-only."""
         with self.db.read() as conn:
             body = first_payload(tx_of(conn), run["run_id"])
@@ -1069,7 +1069,7 @@ class Engine:
     def _operator_transition(
         self,
         conn: Connection | Tx,
-        run: Mapping[str, Any],
+        run: RunRecord,
         trigger: Trigger,
         event_type: str,
         by: str,
@@ -1121,7 +1121,7 @@ class Engine:
         except Exception:
             _log.exception("on_event hook failed for %s of run %s", report.event_type, report.run_id)
 
-    def _transition(self, conn: Connection | Tx, run: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
+    def _transition(self, conn: Connection | Tx, run: RunRecord, **kwargs: Any) -> AuditRecord:
         """Update the run row and append its audit event: one transition, one event.
 
         Inside the caller's write transaction; see
@@ -1140,14 +1140,14 @@ class Engine:
         pending = getattr(self._local, "reports", None)
         if pending is not None:
             pending.append(StepReport(
-                event["run_id"], event["event_type"], event["from_step"], event["to_step"],
-                RunStatus(event["to_status"]), event["latency_ms"] or 0, event["reason"],
+                run["run_id"], event["event_type"], event["from_step"], event["to_step"],
+                RunStatus(kwargs["to_status"]), event["latency_ms"] or 0, event["reason"],
             ))
         return event
 
     # -- row access ---------------------------------------------------------------
 
-    def _load_row(self, conn: Connection | Tx, run_id: str) -> dict[str, Any]:
+    def _load_row(self, conn: Connection | Tx, run_id: str) -> RunRecord:
         # On the DB-API connection under the caller's transaction (tx_of):
         # SQLAlchemy's result machinery costs ~60 µs here, the driver ~5.
         row = load_run(tx_of(conn), run_id)
@@ -1159,13 +1159,14 @@ class Engine:
         run = self._load_row(conn, run_id)
         body = get_blob(conn, run["state_sha256"])
         pending = None
-        if run["status"] == RunStatus.WAITING_FOR_APPROVAL and run["pending_proposal_digest"]:
+        request_id = run["pending_request_event_id"]
+        if run["status"] == RunStatus.WAITING_FOR_APPROVAL and run["pending_proposal_digest"] and request_id:
             try:
                 gate = self._gate(conn, run)
             except ApprovalRefused:  # redacted proposal: show the gate, policy unknown
                 gate = _Gate(None, None, ())
             pending = PendingApproval(
-                requested_event_id=run["pending_request_event_id"],
+                requested_event_id=request_id,
                 step=run["step"],
                 resume_at=run["pending_resume_at"],
                 reason=run["pending_reason"],
@@ -1205,7 +1206,7 @@ class Engine:
         )
 
 
-def _check_deadline(run: Mapping[str, Any], now: str, trigger: Trigger) -> None:
+def _check_deadline(run: RunRecord, now: str, trigger: Trigger) -> None:
     """Refuse a decision on a gate past its deadline (nothing written; the worker expires it)."""
     deadline = run["pending_deadline_at"]
     if deadline and deadline <= now:

@@ -60,7 +60,9 @@ from .outcomes import Fail, Finish, Goto, RequestApproval
 from .policy import ms
 from .proposals import jsonable, outcome_json, proposal_digest
 from .store.blobs import blob_json, get_blob, insert_blob, sha256_hex
+from .store.ledger import AuditFields
 from .store.runs import (
+    RunRecord,
     claim_free_runs,
     due_approvals,
     load_run,
@@ -91,7 +93,7 @@ class _Live:
     """One run being advanced: its machine, and the row and state as last committed."""
 
     machine: Machine[Any]
-    row: dict[str, Any]
+    row: RunRecord
     state: BaseModel
     limits: Limits
     running_since: datetime | None
@@ -121,6 +123,14 @@ _LOG_LEVELS: Final = {
     "run.completed": logging.INFO,
     "step.error_edge": logging.INFO,
 }
+
+
+def _at(row: RunRecord) -> str:
+    """The step a RUNNING (or waiting) run is at; every such row has one (``run.step`` is NULL only before a machine's first step is known)."""
+    step = row["step"]
+    if step is None:
+        raise RunMoved(f"run {row['run_id']} has no current step", run_id=row["run_id"])
+    return step
 
 
 def _log_committed(event: Mapping[str, Any]) -> None:
@@ -225,11 +235,11 @@ class Host:
     owner: str
     lease: timedelta
     clock: Callable[[], datetime]
-    machine_of: Callable[[Mapping[str, Any]], Machine[Any]]
+    machine_of: Callable[[RunRecord], Machine[Any]]
     info: Callable[[Any, str], RunInfo]
     task: Callable[[str], Any]
     report: Callable[[StepReport], None]
-    gate_policy: Callable[[Any, Mapping[str, Any]], ApprovalPolicy | None]
+    gate_policy: Callable[[Any, RunRecord], ApprovalPolicy | None]
 
 
 class StepRunner:
@@ -304,7 +314,7 @@ class StepRunner:
         return digest
 
     @staticmethod
-    def load(tx: Tx, run_id: str) -> dict[str, Any]:
+    def load(tx: Tx, run_id: str) -> RunRecord:
         """The run row as a dict. Raises ``RunNotFound``."""
         row = load_run(tx, run_id)
         if row is None:
@@ -313,7 +323,7 @@ class StepRunner:
 
     # -- leases -------------------------------------------------------------------
 
-    def acquire(self, run_id: str) -> dict[str, Any] | None:
+    def acquire(self, run_id: str) -> RunRecord | None:
         """Take the run's lease; the row afterwards, or ``None`` if the run is not RUNNING.
 
         Commits one transaction; a takeover also appends ``lease.taken_over``.
@@ -327,7 +337,7 @@ class StepRunner:
 
     def _take(
         self, run_id: str, machine: Machine[Any] | None
-    ) -> tuple[dict[str, Any], bytes | None, str | None] | None:
+    ) -> tuple[RunRecord, bytes | None, str | None] | None:
         """:meth:`acquire`, also reading what advancing the run needs, in the same transaction.
 
         Returns:
@@ -355,7 +365,7 @@ class StepRunner:
             # the holder this decision was about (we also hold the write lock).
             if not take_lease(tx, run_id, owner=me, expires_at=expires, run_seq=run["run_seq"], holder=holder):
                 raise LeaseHeld(run_id, str(holder), str(until))
-            run.update(lease_owner=me, lease_expires_at=expires)
+            run.update({"lease_owner": me, "lease_expires_at": expires})
             if holder not in (None, me):
                 why = "its process is gone" if gone else f"it expired at {until}"
                 run = write_transition(
@@ -469,7 +479,7 @@ class StepRunner:
             with self._active_lock:
                 self._active.discard(run_id)
 
-    def _let_go(self, run_id: str, row: Mapping[str, Any]) -> None:
+    def _let_go(self, run_id: str, row: RunRecord) -> None:
         self.keeper.drop(run_id)
         if row.get("lease_owner") == self.host.owner:
             self.release(run_id)
@@ -529,7 +539,7 @@ class StepRunner:
             live.slept_at = row["run_seq"]
             wait_s = (parse_utc(row["wake_at"]) - clock()).total_seconds()
             return Backoff(wait_s) if wait_s > 0 else self.next_move(live)
-        step = machine.steps[row["step"]]
+        step = machine.steps[_at(row)]
         now_dt = clock()
         exceeded = check(live.limits, row, step.name, now=now_dt, running_since=live.running_since)
         if exceeded is not None:
@@ -572,7 +582,7 @@ class StepRunner:
             return self.host.info(tx, run_id)
 
     def _open(
-        self, machine: Machine[Any], row: dict[str, Any], body: bytes | None, since: str | None,
+        self, machine: Machine[Any], row: RunRecord, body: bytes | None, since: str | None,
         lost: threading.Event,
     ) -> _Live | None:
         if body is None:
@@ -656,7 +666,7 @@ class StepRunner:
     def _agent_fields(
         self, tx: Tx, live: _Live, step: Step, view: BaseModel | None, result: Attempt, attempt: int,
         now: str, blobs: list[str],
-    ) -> dict[str, Any]:
+    ) -> AuditFields:
         usage = result.usage
         if view is None:
             input_sha = live.row["state_sha256"]  # the view is the whole state: already stored
@@ -678,10 +688,10 @@ class StepRunner:
             "input_sha256": input_sha,
         }
 
-    def _calls(self, tx: Tx, run: dict[str, Any], calls: Sequence[RecordedCall], now: str, blobs: list[str]) -> dict[str, Any]:
+    def _calls(self, tx: Tx, run: RunRecord, calls: Sequence[RecordedCall], now: str, blobs: list[str]) -> RunRecord:
         """Append one event per recorded sub-call; the run's status, step and state are unchanged."""
         for call in calls:
-            fields: dict[str, Any] = {
+            fields: AuditFields = {
                 "agent_name": call.name, "agent_version": call.version, "decision": call.decision,
                 "outcome": call.outcome, "reason": call.reason, "error_code": call.error_code,
                 "latency_ms": call.latency_ms, "attempt": call.attempt,
@@ -732,8 +742,7 @@ class StepRunner:
             usage = (result.usage.tokens_in, result.usage.tokens_out, result.usage.cost_micros)
             payload: dict[str, Any] | None = {"effects": effects} if effects else None
             if isinstance(judged, IllegalOutcome):
-                fields.update(outcome="failure", decision="illegal_outcome",
-                              error_code=judged.error_code, reason=judged.reason)
+                fields.update({"outcome": "failure", "decision": "illegal_outcome", "error_code": judged.error_code, "reason": judged.reason})
                 return write_transition(
                     tx, self.db.ledger_id, current, event_type="run.failed", to_status=RunStatus.FAILED,
                     to_step=from_step, actor_type="system", actor_id="statecraft", now=now, extra=fields,
@@ -751,18 +760,18 @@ class StepRunner:
             visits = KEEP
             if isinstance(outcome, Fail):
                 event_type, to_status, to_step, trigger = "run.failed", RunStatus.FAILED, from_step, Trigger.FAIL
-                fields.update(decision="fail", outcome="failure", reason=outcome.reason, error_code=outcome.error_code)
+                fields.update({"decision": "fail", "outcome": "failure", "reason": outcome.reason, "error_code": outcome.error_code})
             else:
                 done = dict(live.visit_counts())
-                done[from_step] = done.get(from_step, 0) + 1
+                done[_at(row)] = done.get(_at(row), 0) + 1
                 visits = _VISITS_JSON(done)
                 counted[:] = [visits, done]
                 if isinstance(outcome, Goto):
                     event_type, to_status, to_step, trigger = "step.completed", RunStatus.RUNNING, outcome.step, Trigger.STEP
-                    fields.update(decision=f"goto:{outcome.step}", outcome="success", reason=outcome.reason)
+                    fields.update({"decision": f"goto:{outcome.step}", "outcome": "success", "reason": outcome.reason})
                 elif isinstance(outcome, Finish):
                     event_type, to_status, to_step, trigger = "run.completed", RunStatus.DONE, from_step, Trigger.FINISH
-                    fields.update(decision="finish", outcome="success", reason=outcome.reason)
+                    fields.update({"decision": "finish", "outcome": "success", "reason": outcome.reason})
                 else:
                     assert isinstance(outcome, RequestApproval)
                     event_type, to_status, to_step = "approval.requested", RunStatus.WAITING_FOR_APPROVAL, from_step
@@ -770,7 +779,7 @@ class StepRunner:
                     # A gate a rule raised is never approved by silence (on_approval_timeout).
                     kind = "escalation" if outcome.rules else None
                     pending = self._gate(live, step, state_sha, outcome.resume_at, outcome.reason, kind=kind)
-                    fields.update(decision=f"request_approval:{outcome.resume_at}", outcome="pending", reason=outcome.reason)
+                    fields.update({"decision": f"request_approval:{outcome.resume_at}", "outcome": "pending", "reason": outcome.reason})
                     payload = {"resume_at": outcome.resume_at, "proposal_digest": pending["digest"], "summary": outcome.summary}
                     if outcome.policy is not None:
                         # In the payload too, so a reviewer's SQL sees who may approve.
@@ -834,8 +843,7 @@ class StepRunner:
                 now = self._now()
                 fields = self._agent_fields(tx, live, step, view_arg, result, attempt, now, blobs)
                 current = self._calls(tx, row, result.calls, now, blobs)
-                fields.update(decision=f"retry:{attempt + 1}", outcome=failure.outcome,
-                              error_code=failure.error_code, reason=failure.reason)
+                fields.update({"decision": f"retry:{attempt + 1}", "outcome": failure.outcome, "error_code": failure.error_code, "reason": failure.reason})
                 payload: dict[str, Any] = {
                     "error_type": failure.error_type, "delay_ms": ms(delay), "retry_at": retry_at,
                     "max_attempts": policy.max_attempts,
@@ -856,7 +864,7 @@ class StepRunner:
             now = self._now()
             fields = self._agent_fields(tx, live, step, view_arg, result, attempt, now, blobs)
             current = self._calls(tx, row, result.calls, now, blobs)
-            fields.update(outcome=failure.outcome, error_code=failure.error_code, reason=failure.reason)
+            fields.update({"outcome": failure.outcome, "error_code": failure.error_code, "reason": failure.reason})
             payload: dict[str, Any] = {
                 "error_type": failure.error_type, "attempts": attempt, "retryable": failure.retryable,
             }
@@ -874,8 +882,7 @@ class StepRunner:
                 check_transition(current["status"], Trigger.REQUEST_APPROVAL, run_id=row["run_id"])
                 reason = f"{edge.reason}; step {step.name!r} failed ({failure.reason}) and would take its error edge"
                 pending = self._gate(live, step, row["state_sha256"], edge.resume_at, reason, kind="escalation")
-                fields.update(decision=f"request_approval:{edge.resume_at}", reason=reason,
-                              output_sha256=self._blob(tx, blob_json(outcome_json(edge)), now, blobs))
+                fields.update({"decision": f"request_approval:{edge.resume_at}", "reason": reason, "output_sha256": self._blob(tx, blob_json(outcome_json(edge)), now, blobs)})
                 payload.update(resume_at=edge.resume_at, proposal_digest=pending["digest"], summary=edge.summary,
                                error=failure.reason, rules=list(edge.rules))
                 if edge.policy is not None:
@@ -903,7 +910,7 @@ class StepRunner:
                     "approve to run it again, reject to fail the run"
                 )
                 pending = self._gate(live, step, row["state_sha256"], step.name, reason, kind="error")
-                fields.update(decision=f"escalate:{step.name}", reason=reason)
+                fields.update({"decision": f"escalate:{step.name}", "reason": reason})
                 payload.update(resume_at=step.name, proposal_digest=pending["digest"], error=failure.reason)
                 if pending["deadline_at"]:
                     payload.update(deadline_at=pending["deadline_at"], on_timeout="fail")
@@ -933,12 +940,12 @@ class StepRunner:
         def write(tx: Tx, blobs: list[str]) -> Committed:
             now = self._now()
             current = row
-            fields: dict[str, Any] = {"error_code": "budget_exceeded", "reason": exceeded.reason}
+            fields: AuditFields = {"error_code": "budget_exceeded", "reason": exceeded.reason}
             usage = (0, 0, 0)
             if result is not None and attempt is not None:
                 # The attempt the deadline cut short is part of this event.
                 fields.update(self._agent_fields(tx, live, step, None if step.reads is None else view, result, attempt, now, blobs))
-                fields.update(outcome="timeout", error_code="budget_exceeded", reason=exceeded.reason)
+                fields.update({"outcome": "timeout", "error_code": "budget_exceeded", "reason": exceeded.reason})
                 current = self._calls(tx, row, result.calls, now, blobs)
                 usage = (result.usage.tokens_in, result.usage.tokens_out, result.usage.cost_micros)
             payload: dict[str, Any] = exceeded.payload()
@@ -947,7 +954,7 @@ class StepRunner:
                 reason = f"{exceeded.reason}; approve with a higher {exceeded.budget} to continue"
                 pending = self._gate(live, step, row["state_sha256"], step.name, reason, kind=f"budget:{exceeded.budget}")
                 fields.setdefault("outcome", "pending")
-                fields.update(decision=f"extend_budget:{exceeded.budget}", reason=reason)
+                fields.update({"decision": f"extend_budget:{exceeded.budget}", "reason": reason})
                 payload.update(resume_at=step.name, proposal_digest=pending["digest"])
                 if pending["deadline_at"]:
                     payload.update(deadline_at=pending["deadline_at"], on_timeout="fail")
@@ -968,7 +975,7 @@ class StepRunner:
 
         return self._commit(write)
 
-    def _system_fail(self, row: dict[str, Any], code: str, reason: str) -> Committed | None:
+    def _system_fail(self, row: RunRecord, code: str, reason: str) -> Committed | None:
         def write(tx: Tx, blobs: list[str]) -> Committed:
             check_transition(row["status"], Trigger.FAIL, run_id=row["run_id"])
             return write_transition(
@@ -1079,17 +1086,17 @@ class StepRunner:
                 approve = (
                     row["pending_on_timeout"] == "approve" and row["pending_kind"] is None and not policy_gate
                 )
-                fields = {
+                fields: AuditFields = {
                     "caused_by_event_id": row["pending_request_event_id"],
                     "reason": f"approval deadline {deadline} passed without a decision",
                 }
                 if approve:
                     check_transition(row["status"], Trigger.APPROVE, run_id=rid)
-                    fields.update(decision="approve_by_default", outcome="success")
+                    fields.update({"decision": "approve_by_default", "outcome": "success"})
                     to_status, to_step = RunStatus.RUNNING, row["pending_resume_at"]
                 else:
                     check_transition(row["status"], Trigger.EXPIRE, run_id=rid)
-                    fields.update(decision="expire", outcome="timeout", error_code="approval_expired")
+                    fields.update({"decision": "expire", "outcome": "timeout", "error_code": "approval_expired"})
                     to_status, to_step = RunStatus.FAILED, row["step"]
                 expired = write_transition(
                     tx, self.db.ledger_id, row, event_type="approval.expired", to_status=to_status,
@@ -1102,7 +1109,7 @@ class StepRunner:
             changed.append(rid)
         return changed
 
-    def _has_policy(self, conn: Any, row: Mapping[str, Any]) -> bool:
+    def _has_policy(self, conn: Any, row: RunRecord) -> bool:
         try:
             return self.host.gate_policy(conn, row) is not None
         except ApprovalRefused:  # the proposal was redacted: its policy is unknown, fail closed

@@ -21,13 +21,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from .audit.chain import new_event_row
 from .errors import RunError
 from .lifecycle import RunStatus
-from .store.ledger import insert_event, ledger_head
-from .store.runs import RUN_COLUMNS, update_run
+from .store.ledger import AuditFields, AuditRecord, insert_event, ledger_head
+from .store.runs import RUN_COLUMNS, RunRecord, RunUpdate, update_run
 from .store.txn import Tx
 
 __all__ = ["KEEP", "RUN_COLUMNS", "Committed", "RunMoved", "write_transition"]
@@ -57,8 +57,8 @@ class Committed:
         run: the run row as it is after the transition (the caller's cache).
     """
 
-    event: dict[str, Any]
-    run: dict[str, Any]
+    event: AuditRecord
+    run: RunRecord
 
 
 
@@ -76,7 +76,7 @@ def _new_event_id() -> str:
 def write_transition(
     tx: Tx,
     ledger_id: str,
-    run: Mapping[str, Any],
+    run: RunRecord,
     *,
     event_type: str,
     to_status: RunStatus,
@@ -84,7 +84,7 @@ def write_transition(
     actor_type: str,
     actor_id: str,
     now: str,
-    extra: Mapping[str, Any] | None = None,
+    extra: AuditFields | None = None,
     payload: Any = None,
     state_sha256: str | None = None,
     pending: Mapping[str, Any] | None = None,
@@ -137,7 +137,7 @@ def write_transition(
     run_seq = run["run_seq"] + 1
     state_sha = state_sha256 or run["state_sha256"]
     event_id = _new_event_id()
-    fields: dict[str, Any] = {
+    fields: AuditFields = {
         "event_id": event_id,
         "run_id": run["run_id"],
         "run_seq": run_seq,
@@ -160,10 +160,29 @@ def write_transition(
         fields.update(extra)
     same_place = to_status == run["status"] and to_step == run["step"] and not count_step
     release = (release_lease or to_status != RunStatus.RUNNING) and not keep_lease
-    values: dict[str, Any] = {
+    if pending is not None:
+        gate: tuple[str | None, ...] = (
+            pending["resume_at"], event_id, pending["digest"], pending["reason"],
+            pending.get("kind"), pending.get("deadline_at"), pending.get("on_timeout"),
+        )
+    elif clear_pending:
+        gate = (None,) * 7
+    else:
+        gate = (
+            run["pending_resume_at"], run["pending_request_event_id"], run["pending_proposal_digest"],
+            run["pending_reason"], run["pending_kind"], run["pending_deadline_at"], run["pending_on_timeout"],
+        )
+    if to_status == RunStatus.FAILED:
+        error_code, reason = fields.get("error_code"), fields.get("reason")
+    elif clear_error or to_status == RunStatus.RUNNING and run["status"] != RunStatus.RUNNING:
+        error_code = reason = None
+    else:
+        error_code, reason = run["error_code"], run["reason"]
+    values: RunUpdate = {
         "run_id": run["run_id"],
         "expected_seq": run["run_seq"],
         "fence_owner": fence_owner,
+        "release": release,
         "status": str(to_status),
         "step": to_step,
         "state_sha256": state_sha,
@@ -174,41 +193,21 @@ def write_transition(
         "tokens_in": run["tokens_in"] + usage[0],
         "tokens_out": run["tokens_out"] + usage[1],
         "cost_micros": run["cost_micros"] + usage[2],
-        "release": release,
         "attempts": (run["attempts"] if same_place else 0) if attempts is KEEP else attempts,
         "wake_at": (run["wake_at"] if same_place else None) if wake_at is KEEP else wake_at,
         "takeovers": (run["takeovers"] if same_place else 0) if takeovers is KEEP else takeovers,
         "visits_json": run["visits_json"] if visits_json is KEEP else visits_json,
         "budget_json": run["budget_json"] if budget_json is KEEP else budget_json,
+        "pending_resume_at": gate[0],
+        "pending_request_event_id": gate[1],
+        "pending_proposal_digest": gate[2],
+        "pending_reason": gate[3],
+        "pending_kind": gate[4],
+        "pending_deadline_at": gate[5],
+        "pending_on_timeout": gate[6],
+        "error_code": error_code,
+        "reason": reason,
     }
-    if pending is not None:
-        values.update(
-            pending_resume_at=pending["resume_at"],
-            pending_request_event_id=event_id,
-            pending_proposal_digest=pending["digest"],
-            pending_reason=pending["reason"],
-            pending_kind=pending.get("kind"),
-            pending_deadline_at=pending.get("deadline_at"),
-            pending_on_timeout=pending.get("on_timeout"),
-        )
-    elif clear_pending:
-        values.update(
-            pending_resume_at=None, pending_request_event_id=None,
-            pending_proposal_digest=None, pending_reason=None,
-            pending_kind=None, pending_deadline_at=None, pending_on_timeout=None,
-        )
-    else:
-        for column in (
-            "pending_resume_at", "pending_request_event_id", "pending_proposal_digest",
-            "pending_reason", "pending_kind", "pending_deadline_at", "pending_on_timeout",
-        ):
-            values[column] = run[column]
-    if to_status == RunStatus.FAILED:
-        values.update(error_code=fields.get("error_code"), reason=fields.get("reason"))
-    elif clear_error or to_status == RunStatus.RUNNING and run["status"] != RunStatus.RUNNING:
-        values.update(error_code=None, reason=None)
-    else:
-        values.update(error_code=run["error_code"], reason=run["reason"])
     # Fenced UPDATE first: a stale writer learns it before hashing anything.
     if not update_run(tx, values, fenced=fence_owner is not None):
         raise RunMoved(
@@ -219,10 +218,10 @@ def write_transition(
         )
     event = new_event_row(ledger_head(tx), ledger_id=ledger_id, fields=fields, payload=payload)
     insert_event(tx, event)
-    after = dict(run)
-    for key in ("expected_seq", "fence_owner", "release"):
-        values.pop(key)
-    after.update(values)
+    merged: dict[str, Any] = {**run, **values}
+    for guard in ("expected_seq", "fence_owner", "release"):
+        del merged[guard]  # the UPDATE's guards, not columns
+    after = cast(RunRecord, merged)
     if release:
         after["lease_owner"] = after["lease_expires_at"] = None
     return Committed(event, after)

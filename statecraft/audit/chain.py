@@ -25,13 +25,13 @@ import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sqlalchemy import Connection
 
 from ..canonical import MAX_SAFE_INT as _MAX_SAFE_INT
 from ..canonical import canonical_json
-from ..store.ledger import AUDIT_COLUMNS, insert_event, ledger_head
+from ..store.ledger import AUDIT_COLUMNS, AuditFields, AuditRecord, insert_event, ledger_head
 from ..store.txn import tx_of
 
 __all__ = [
@@ -125,9 +125,9 @@ def append_event(
     conn: Connection,
     *,
     ledger_id: str,
-    fields: Mapping[str, Any],
+    fields: AuditFields,
     payload: Any = None,
-) -> dict[str, Any]:
+) -> AuditRecord:
     """Append one event at the head of the chain, inside the caller's transaction.
 
     The caller must hold the database's write lock (``BEGIN IMMEDIATE`` on
@@ -160,9 +160,9 @@ def new_event_row(
     head: tuple[int, str] | None,
     *,
     ledger_id: str,
-    fields: Mapping[str, Any],
+    fields: AuditFields,
     payload: Any = None,
-) -> dict[str, Any]:
+) -> AuditRecord:
     """Build and hash the row that follows ``head``; the caller inserts it in the same transaction.
 
     The one place an audit row is made: :func:`append_event` and the
@@ -206,4 +206,4 @@ def new_event_row(
     if payload is not None:
         row["payload_json"], row["payload_sha256"] = payload_digest(payload)
     row["entry_hash"] = compute_entry_hash(row)
-    return row
+    return cast(AuditRecord, row)

@@ -11,13 +11,14 @@ fork the chain.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypedDict, cast
 
 from .txn import Tx
 
 __all__ = [
     "AUDIT_COLUMNS",
+    "AuditFields",
+    "AuditRecord",
     "clear_blob_body",
     "clear_payload",
     "event_rows",
@@ -38,6 +39,72 @@ AUDIT_COLUMNS: Final[tuple[str, ...]] = (
 )
 """Every column of ``audit_event``, in table order."""
 
+
+class AuditFields(TypedDict, total=False):
+    """The columns of an audit event its writer supplies (``audit.chain.new_event_row`` adds the rest).
+
+    A ``TypedDict``: a misspelled column in a writer's literal
+    (``{"eror_code": …}``) is a type error under ``mypy --strict``, and at
+    run time ``new_event_row`` refuses any key that is not a column, so
+    nothing is ever silently neither stored nor hashed. docs/audit.md gives
+    each column's meaning; times are stored UTC strings, money integer
+    micro-USD, latency integer milliseconds.
+    """
+
+    event_id: str
+    run_id: str | None
+    run_seq: int | None
+    parent_run_id: str | None
+    machine_name: str | None
+    machine_version: str | None
+    machine_digest: str | None
+    event_type: str
+    from_status: str | None
+    to_status: str | None
+    from_step: str | None
+    to_step: str | None
+    occurred_at: str
+    recorded_at: str
+    actor_type: str
+    actor_id: str
+    agent_name: str | None
+    agent_version: str | None
+    prompt_version: str | None
+    decision: str | None
+    outcome: str | None
+    reason: str | None
+    error_code: str | None
+    model_provider: str | None
+    model_id: str | None
+    tokens_in: int | None
+    tokens_out: int | None
+    cost_micros: int | None
+    latency_ms: int | None
+    attempt: int | None
+    input_sha256: str | None
+    output_sha256: str | None
+    state_sha256: str | None
+    caused_by_event_id: str | None
+
+
+class AuditRecord(AuditFields, total=True):
+    """One whole ``audit_event`` row, as appended and as read back: every column of :data:`AUDIT_COLUMNS`.
+
+    The chain columns (``seq``, ``ledger_id``, ``prev_hash``, ``entry_hash``,
+    ``hash_alg``, ``schema_version``) and the payload columns are made by
+    ``audit.chain.new_event_row``; the writer's :class:`AuditFields` keys are
+    all present too (``None`` where not given).
+    """
+
+    seq: int
+    ledger_id: str
+    prev_hash: str
+    entry_hash: str
+    hash_alg: str
+    schema_version: int
+    payload_json: str | None
+    payload_sha256: str | None
+
 _HEAD: Final = "SELECT seq, entry_hash FROM audit_event ORDER BY seq DESC LIMIT 1"
 _INSERT: Final = (
     f"INSERT INTO audit_event ({', '.join(AUDIT_COLUMNS)}) "
@@ -51,7 +118,7 @@ def ledger_head(tx: Tx) -> tuple[int, str] | None:
     return None if row is None else (int(row[0]), str(row[1]))
 
 
-def insert_event(tx: Tx, row: Mapping[str, Any]) -> None:
+def insert_event(tx: Tx, row: AuditRecord) -> None:
     """Insert one complete row (every column of :data:`AUDIT_COLUMNS`), built by ``chain.new_event_row``."""
     tx.run(_INSERT, row)
 
@@ -80,11 +147,11 @@ def set_meta(conn: Any, key: str, value: str) -> None:
     )
 
 
-def event_rows(tx: Tx, run_id: str | None = None) -> list[dict[str, Any]]:
-    """Every audit row, of one run or of the ledger, in ``seq`` order, as ``{column: value}``."""
+def event_rows(tx: Tx, run_id: str | None = None) -> list[AuditRecord]:
+    """Every audit row, of one run or of the ledger, in ``seq`` order."""
     where, params = ("WHERE run_id = :run_id", {"run_id": run_id}) if run_id is not None else ("", {})
     rows = tx.all(f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit_event {where} ORDER BY seq", params)
-    return [dict(zip(AUDIT_COLUMNS, r)) for r in rows]
+    return [cast(AuditRecord, dict(zip(AUDIT_COLUMNS, r))) for r in rows]
 
 
 def first_payload(tx: Tx, run_id: str) -> str | None:

@@ -14,13 +14,15 @@ are checked on every commit (the fence).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from collections.abc import Iterable
+from typing import Any, Final, TypedDict, cast
 
 from .txn import Tx
 
 __all__ = [
     "RUN_COLUMNS",
+    "RunRecord",
+    "RunUpdate",
     "claim_free_runs",
     "due_approvals",
     "gate_approvers",
@@ -46,6 +48,91 @@ RUN_COLUMNS: Final[tuple[str, ...]] = (
     "budget_json", "takeovers", "pending_kind", "pending_deadline_at", "pending_on_timeout",
 )
 """Every column of ``run`` that transitions read, in one order."""
+
+
+class RunRecord(TypedDict):
+    """One ``run`` row as the store hands it out: every column of :data:`RUN_COLUMNS`, typed.
+
+    A ``TypedDict``, so a misspelled column (``run["stauts"]``) is a type
+    error (``mypy --strict``, run in CI) and reading a row costs no more than
+    a dict. Times are stored UTC strings (``_time.format_utc``); money is
+    integer micro-USD; ``*_json`` columns hold canonical JSON text.
+    """
+
+    run_id: str
+    machine_name: str
+    machine_version: str
+    machine_digest: str
+    machine_ref: str | None
+    status: str
+    step: str | None
+    state_sha256: str
+    task_sha256: str
+    run_seq: int
+    steps_taken: int
+    created_at: str
+    updated_at: str
+    started_by: str
+    parent_run_id: str | None
+    last_event_id: str | None
+    pending_resume_at: str | None
+    pending_request_event_id: str | None
+    pending_proposal_digest: str | None
+    pending_reason: str | None
+    error_code: str | None
+    reason: str | None
+    tokens_in: int
+    tokens_out: int
+    cost_micros: int
+    lease_owner: str | None
+    lease_expires_at: str | None
+    attempts: int
+    wake_at: str | None
+    visits_json: str | None
+    budget_json: str | None
+    takeovers: int
+    pending_kind: str | None
+    pending_deadline_at: str | None
+    pending_on_timeout: str | None
+
+
+class RunUpdate(TypedDict):
+    """What :func:`update_run` writes: the row after a transition, and how to guard the write.
+
+    ``expected_seq`` is the position the writer read (the UPDATE applies only
+    there); ``release`` clears the lease; ``fence_owner`` (with ``fenced``)
+    is the lease owner the commit requires. Lease columns are never written
+    from a cached row (renewals happen outside transitions).
+    """
+
+    run_id: str
+    expected_seq: int
+    fence_owner: str | None
+    release: bool
+    status: str
+    step: str | None
+    state_sha256: str
+    run_seq: int
+    steps_taken: int
+    updated_at: str
+    last_event_id: str
+    tokens_in: int
+    tokens_out: int
+    cost_micros: int
+    attempts: int
+    wake_at: str | None
+    takeovers: int
+    visits_json: str | None
+    budget_json: str | None
+    pending_resume_at: str | None
+    pending_request_event_id: str | None
+    pending_proposal_digest: str | None
+    pending_reason: str | None
+    pending_kind: str | None
+    pending_deadline_at: str | None
+    pending_on_timeout: str | None
+    error_code: str | None
+    reason: str | None
 
 _SELECT: Final = f"SELECT {', '.join(RUN_COLUMNS)} FROM run WHERE run_id = :run_id"
 
@@ -83,10 +170,10 @@ _RUNNING_SINCE: Final = (
 )
 
 
-def load_run(tx: Tx, run_id: str) -> dict[str, Any] | None:
-    """The run row as ``{column: value}`` (:data:`RUN_COLUMNS`), or ``None``."""
+def load_run(tx: Tx, run_id: str) -> RunRecord | None:
+    """The run row (every column of :data:`RUN_COLUMNS`), or ``None``."""
     row = tx.one(_SELECT, {"run_id": run_id})
-    return None if row is None else dict(zip(RUN_COLUMNS, row))
+    return None if row is None else cast(RunRecord, dict(zip(RUN_COLUMNS, row)))
 
 
 def insert_run(
@@ -103,12 +190,10 @@ def insert_run(
     })
 
 
-def update_run(tx: Tx, values: Mapping[str, Any], *, fenced: bool) -> bool:
+def update_run(tx: Tx, values: RunUpdate, *, fenced: bool) -> bool:
     """Write a transition's new run row, if the run is still where the writer saw it.
 
-    ``values`` holds every column ``_UPDATE`` sets, plus ``expected_seq``
-    (the position read), ``release`` (clear the lease) and, with ``fenced``,
-    ``fence_owner`` (the lease owner the commit requires).
+    ``values``: every column ``_UPDATE`` sets, plus the guards (:class:`RunUpdate`).
 
     Returns:
         Whether the row was updated (``False``: the run moved; nothing written).
