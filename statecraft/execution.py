@@ -19,6 +19,12 @@ effects from that moment. Fan-out branches that are coroutine functions run
 on the same loop (statecraft/patterns/parallel.py), and so do async Claude
 clients, whose connections are bound to the loop that opened them.
 
+Both are one implementation, :class:`TimedCall`: a step's attempt and every
+attempt of a fan-out branch start, time out and are abandoned by the same
+code; a step waits for its one call (:meth:`TimedCall.wait`, or
+:meth:`TimedCall.wait_async` in an ``AsyncEngine``), a fan-out's coordinator
+watches many (their ``deadline`` and :meth:`TimedCall.overdue`).
+
 Side effects (``ctx.once(name, fn)``): ``fn(key)`` runs only if no result is
 recorded under its idempotency key; its result is committed in its own short
 transaction as soon as ``fn`` returns, and every later attempt, retry or
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import inspect
 import json
 import os
@@ -40,7 +47,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from .agents.base import RecordedCall, StepContext, Usage
 from .errors import StatecraftError
@@ -54,6 +61,8 @@ T = TypeVar("T")
 
 __all__ = [
     "Attempt",
+    "CallState",
+    "TimedCall",
     "AttemptAbandoned",
     "EffectLog",
     "attempt_async",
@@ -113,6 +122,219 @@ def is_agent_failure(exc: BaseException) -> bool:
     return isinstance(exc, Exception)
 
 
+CallState = Literal["new", "running", "done", "abandoned", "dropped"]
+
+
+class TimedCall:
+    """One call the engine may stop waiting for: the one timeout/abandon rule of steps and fan-out branches.
+
+    A step's attempt (:func:`run_attempt`, :func:`attempt_async`) and every
+    attempt of a fan-out branch (statecraft/patterns/parallel.py) is a
+    ``TimedCall``; only *how the caller waits* differs (one call blocking or
+    awaiting, or a coordinator watching many). Once started (:meth:`start`),
+    ``fn(*args)`` runs
+
+    - on a **daemon thread** when ``fn`` is a plain callable (Python cannot kill
+      a thread, so an abandoned one may run on; daemon, so it cannot keep
+      the process alive), or
+    - as a **task on an event loop** when ``fn`` is a coroutine function: the
+      process's :func:`event_loop`, or ``loop`` when given (an
+      ``AsyncEngine`` on its service's loop). Abandoning it *cancels* it
+      (``CancelledError`` at its next ``await``).
+
+    Either way it runs in a copy of the context of the thread that made the
+    ``TimedCall``, so spans opened there (the step's attempt) are its parents.
+
+    States: ``new`` → ``running`` → ``done`` | ``abandoned``; ``new`` →
+    ``dropped`` (never started). :meth:`abandon` and the call's own end race
+    under one lock, so exactly one wins: an abandoned call's result is
+    dropped and ``on_end`` is not called; a call that ended first cannot be
+    abandoned.
+
+    Args:
+        fn: the callable; called as ``fn(*args)``.
+        args: its arguments.
+        timeout_s: seconds from :meth:`start` until the call is overdue;
+            ``None``: never.
+        on_abandon: called once when the call is abandoned (e.g.
+            ``EffectLog.abandon``: no new ``ctx.once`` effects, or setting a
+            branch's ``cancelled`` event).
+        on_end: called with the call when it ends on its own (on the call's
+            thread or loop), not when abandoned.
+        name: the thread's name (plain callables).
+        loop: the event loop for a coroutine function (default :func:`event_loop`).
+
+    Attributes:
+        state: as above.
+        started, ended: ``time.monotonic()`` seconds (0.0 until then).
+        deadline: ``started + timeout_s``, or ``None``.
+        value, error: what ``fn`` returned or raised (once ``done``).
+        finished: set when the call ended on its own or was abandoned.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        *,
+        timeout_s: float | None = None,
+        on_abandon: Callable[[], None] | None = None,
+        on_end: Callable[[TimedCall], None] | None = None,
+        name: str = "statecraft-call",
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._fn = fn
+        self._args = args
+        self._timeout_s = timeout_s
+        self._on_abandon = on_abandon
+        self._on_end = on_end
+        self._name = name
+        self._loop = loop
+        self._context = copy_context()
+        self._lock = threading.Lock()
+        self._future: concurrent.futures.Future[Any] | asyncio.Future[Any] | None = None
+        self.state: CallState = "new"
+        self.started = 0.0
+        self.ended = 0.0
+        self.deadline: float | None = None
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+
+    def start(self) -> None:
+        """Start the call (it runs as the class docstring says); ``on_end`` is never called from here.
+
+        Raises:
+            RuntimeError: the call was already started or dropped.
+        """
+        with self._lock:
+            if self.state != "new":
+                raise RuntimeError(f"a {self.state} call cannot be started")
+            self.state = "running"
+            self.started = time.monotonic()
+            if self._timeout_s is not None:
+                self.deadline = self.started + self._timeout_s
+            if is_async_callable(self._fn):
+                self._future = self._start_task()
+                return
+        threading.Thread(
+            target=self._context.run, args=(self._run_inline,), name=self._name, daemon=True
+        ).start()
+
+    def _start_task(self) -> concurrent.futures.Future[Any] | asyncio.Future[Any]:
+        async def body() -> None:
+            # The coroutine is made here, so a coroutine function that raises
+            # on call ends the call like any other error; and the end is
+            # reported from the loop, never from inside start().
+            try:
+                value = await self._fn(*self._args)
+            except asyncio.CancelledError as exc:
+                self._ended(None, exc)
+                raise
+            except BaseException as exc:  # carried to whoever waits for the call
+                self._ended(None, exc)
+            else:
+                self._ended(value, None)
+
+        if self._loop is None:
+            return submit(body(), self._context)
+        return self._loop.create_task(body(), context=self._context)
+
+    def _run_inline(self) -> None:
+        try:
+            value = self._fn(*self._args)
+        except BaseException as exc:  # carried to whoever waits for the call
+            self._ended(None, exc)
+        else:
+            self._ended(value, None)
+
+    def _ended(self, value: Any, error: BaseException | None) -> None:
+        with self._lock:
+            if self.state != "running":
+                return  # abandoned: what it returned or raised is dropped
+            self.state, self.value, self.error = "done", value, error
+            self.ended = time.monotonic()
+        self.finished.set()
+        if self._on_end is not None:
+            self._on_end(self)
+
+    def abandon(self) -> bool:
+        """Stop waiting for a running call: ``on_abandon``, cancel a coroutine; its result will be dropped.
+
+        Returns:
+            True if the call was running and is now abandoned; False if it
+            had already ended (or never started): then nothing changes.
+        """
+        with self._lock:
+            if self.state != "running":
+                return False
+            self.state = "abandoned"
+            self.ended = time.monotonic()
+        if self._on_abandon is not None:
+            self._on_abandon()
+        if self._future is not None:
+            self._future.cancel()  # a real cancellation: CancelledError at the next await
+        self.finished.set()
+        return True
+
+    def drop(self) -> bool:
+        """Make sure a call that has not started never starts. True if it was ``new``."""
+        with self._lock:
+            if self.state != "new":
+                return False
+            self.state = "dropped"
+            return True
+
+    def overdue(self, now: float) -> bool:
+        """Whether a running call has passed its deadline at ``now`` (``time.monotonic()`` seconds)."""
+        return self.state == "running" and self.deadline is not None and now >= self.deadline
+
+    def why_stop(self, lost: threading.Event) -> Literal["timeout", "lost"] | None:
+        """Why a caller waiting for this one call should abandon it now: its lease is lost, or its deadline passed."""
+        if lost.is_set():
+            return "lost"
+        if self.overdue(time.monotonic()):
+            return "timeout"
+        return None
+
+    def next_check_s(self) -> float:
+        """Seconds a waiting caller may sleep before looking again (lease poll, or the deadline if sooner)."""
+        if self.deadline is None:
+            return _POLL_S
+        return max(0.0, min(self.deadline - time.monotonic(), _POLL_S))
+
+    def wait(self, lost: threading.Event) -> Literal["timeout", "lost"] | None:
+        """Block until the call ends, or abandon it at its deadline or when ``lost`` is set.
+
+        Returns:
+            ``None`` when the call ended on its own; else why it was abandoned.
+        """
+        while not self.finished.wait(self.next_check_s()):
+            why = self.why_stop(lost)
+            if why is not None and self.abandon():
+                return why
+        return None if self.state == "done" else "lost"
+
+    async def wait_async(self, lost: threading.Event) -> Literal["timeout", "lost"] | None:
+        """:meth:`wait` for a coroutine call on the running loop (``loop=`` that loop).
+
+        Raises:
+            asyncio.CancelledError: the waiter itself was cancelled (a service
+                shutting down): the call is abandoned too.
+        """
+        assert isinstance(self._future, asyncio.Future), "wait_async needs a call started on the running loop"
+        while not self.finished.is_set():
+            try:
+                await asyncio.wait({self._future}, timeout=self.next_check_s())
+            except asyncio.CancelledError:
+                self.abandon()
+                raise
+            why = self.why_stop(lost)
+            if why is not None and self.abandon():
+                return why
+        return None if self.state == "done" else "lost"
+
+
 def run_attempt(
     agent: Callable[[Any, StepContext], object],
     view: Any,
@@ -122,13 +344,18 @@ def run_attempt(
     lost: threading.Event,
     abandon: Callable[[], None],
 ) -> Attempt:
-    """Call ``agent(view, ctx)`` once, inline or under a timeout.
+    """Call ``agent(view, ctx)`` once: inline, or as a :class:`TimedCall` under a timeout.
+
+    A plain agent without a timeout runs inline on the engine's thread (no
+    cost on the hot path); with one, or when the agent is a coroutine
+    function (awaited on :func:`event_loop`), it is a :class:`TimedCall` the
+    engine abandons at its timeout or when its lease is lost.
 
     Args:
         agent: the step's agent.
         view: the agent's state view.
         ctx: the attempt's context.
-        timeout_s: seconds the attempt may take; ``None`` runs it inline.
+        timeout_s: seconds the attempt may take; ``None``: no timeout.
         lost: set when the engine's lease on the run is lost.
         abandon: called when the attempt is abandoned (stops new side effects).
 
@@ -139,10 +366,8 @@ def run_attempt(
         StatecraftError, KeyboardInterrupt, SystemExit: as raised by the agent,
             when not an attempt failure (:func:`is_agent_failure`).
     """
-    started = time.perf_counter()
-    if is_async_callable(agent):
-        return _run_async_attempt(agent, view, ctx, timeout_s=timeout_s, lost=lost, abandon=abandon)
-    if timeout_s is None:
+    if timeout_s is None and not is_async_callable(agent):
+        started = time.monotonic()
         try:
             outcome = agent(view, ctx)
         except BaseException as exc:
@@ -150,43 +375,55 @@ def run_attempt(
                 raise
             return Attempt(error=exc, latency_ms=_ms_since(started), usage=ctx.usage, calls=ctx.calls)
         return Attempt(outcome=outcome, latency_ms=_ms_since(started), usage=ctx.usage, calls=ctx.calls)
+    call = TimedCall(agent, (view, ctx), timeout_s=timeout_s, on_abandon=abandon, name=f"statecraft-agent-{ctx.step}")
+    call.start()
+    return _attempt_of(call, call.wait(lost), ctx)
 
-    box: dict[str, Any] = {}
-    done = threading.Event()
 
-    def target() -> None:
-        try:
-            box["outcome"] = agent(view, ctx)
-        except BaseException as exc:  # carried to the engine's thread
-            box["error"] = exc
-        finally:
-            done.set()
+async def attempt_async(
+    agent: Callable[..., Awaitable[object]],
+    view: Any,
+    ctx: StepContext,
+    *,
+    timeout_s: float | None,
+    lost: threading.Event,
+    abandon: Callable[[], None],
+) -> Attempt:
+    """One attempt of a coroutine agent awaited on the running loop (``AsyncEngine``); a :class:`TimedCall`.
 
-    # In a copy of this thread's context, so the agent's own spans (an SDK's
-    # LLM span included) nest under its attempt instead of starting a new trace.
-    worker = threading.Thread(
-        target=copy_context().run, args=(target,), name=f"statecraft-agent-{ctx.step}", daemon=True
+    Same rule as :func:`run_attempt`: abandoned (and cancelled) at its
+    timeout or when ``lost`` is set; ``abandon`` stops new ``ctx.once`` effects.
+
+    Returns:
+        The attempt's result; never raises for the agent's own failure.
+
+    Raises:
+        StatecraftError, KeyboardInterrupt, SystemExit, asyncio.CancelledError:
+            as raised by the agent, when not an attempt failure, or when
+            this coroutine itself is cancelled.
+    """
+    call = TimedCall(
+        agent, (view, ctx), timeout_s=timeout_s, on_abandon=abandon, loop=asyncio.get_running_loop()
     )
-    worker.start()
-    until = started + timeout_s
-    while not done.wait(max(0.0, min(until - time.perf_counter(), _POLL_S))):
-        if lost.is_set() or time.perf_counter() >= until:
-            abandon()
-            # Snapshots: the abandoned thread may keep reporting into ctx.
-            return Attempt(
-                timed_out=not lost.is_set(),
-                lost=lost.is_set(),
-                latency_ms=_ms_since(started),
-                usage=ctx.usage,
-                calls=list(ctx.calls),
-            )
-    latency = _ms_since(started)
-    if "error" in box:
-        raised: BaseException = box["error"]
-        if not is_agent_failure(raised):
-            raise raised
-        return Attempt(error=raised, latency_ms=latency, usage=ctx.usage, calls=ctx.calls)
-    return Attempt(outcome=box.get("outcome"), latency_ms=latency, usage=ctx.usage, calls=ctx.calls)
+    call.start()
+    return _attempt_of(call, await call.wait_async(lost), ctx)
+
+
+def _attempt_of(call: TimedCall, stopped: Literal["timeout", "lost"] | None, ctx: StepContext) -> Attempt:
+    """The :class:`Attempt` of a step's ended or abandoned call."""
+    end = call.ended or time.monotonic()
+    latency = int((end - call.started) * 1000)
+    if stopped is not None:
+        # Snapshots: an abandoned thread may keep reporting into ctx.
+        return Attempt(
+            timed_out=stopped == "timeout", lost=stopped == "lost", latency_ms=latency,
+            usage=ctx.usage, calls=list(ctx.calls),
+        )
+    if call.error is not None:
+        if not is_agent_failure(call.error):
+            raise call.error
+        return Attempt(error=call.error, latency_ms=latency, usage=ctx.usage, calls=ctx.calls)
+    return Attempt(outcome=call.value, latency_ms=latency, usage=ctx.usage, calls=ctx.calls)
 
 
 def is_async_callable(fn: object) -> bool:
@@ -234,85 +471,16 @@ def _start_loop() -> None:
     _LOOP, _LOOP_PID = loop, os.getpid()
 
 
-async def attempt_async(
-    agent: Callable[..., Awaitable[object]],
-    view: Any,
-    ctx: StepContext,
-    *,
-    timeout_s: float | None,
-    lost: threading.Event,
-    abandon: Callable[[], None],
-) -> Attempt:
-    """One attempt of a coroutine agent, awaited on the running loop; cancelled at its timeout.
-
-    The one timeout/abandon implementation for coroutines: the synchronous
-    engine runs it on :func:`event_loop`, :class:`statecraft.aio.AsyncEngine`
-    on the service's own loop. Every ``_POLL_S`` it also looks at ``lost``
-    (the engine's lease is gone): then, as at the timeout, it calls
-    ``abandon`` (no new ``ctx.once`` effects) and cancels the coroutine.
-
-    Returns:
-        The attempt's result; never raises for the agent's own failure.
-
-    Raises:
-        StatecraftError, KeyboardInterrupt, SystemExit, asyncio.CancelledError:
-            as raised by the agent, when not an attempt failure.
-    """
-    started = time.perf_counter()
-    task = asyncio.ensure_future(agent(view, ctx))
-    until = None if timeout_s is None else started + timeout_s
-    while True:
-        wait = _POLL_S if until is None else max(0.0, min(until - time.perf_counter(), _POLL_S))
-        try:
-            done, _ = await asyncio.wait({task}, timeout=wait)
-        except asyncio.CancelledError:
-            # The driver itself was cancelled (a service shutting down): the agent goes too.
-            abandon()
-            task.cancel()
-            raise
-        if done:
-            break
-        if lost.is_set() or (until is not None and time.perf_counter() >= until):
-            abandon()
-            task.cancel()  # a real cancellation: CancelledError at the agent's next await
-            return Attempt(
-                timed_out=not lost.is_set(),
-                lost=lost.is_set(),
-                latency_ms=_ms_since(started),
-                usage=ctx.usage,
-                calls=list(ctx.calls),
-            )
-    try:
-        outcome = task.result()
-    except BaseException as exc:
-        if not is_agent_failure(exc):
-            raise
-        return Attempt(error=exc, latency_ms=_ms_since(started), usage=ctx.usage, calls=ctx.calls)
-    return Attempt(outcome=outcome, latency_ms=_ms_since(started), usage=ctx.usage, calls=ctx.calls)
-
-
-def _run_async_attempt(
-    agent: Callable[..., Any],
-    view: Any,
-    ctx: StepContext,
-    *,
-    timeout_s: float | None,
-    lost: threading.Event,
-    abandon: Callable[[], None],
-) -> Attempt:
-    """:func:`run_attempt` for a coroutine agent: :func:`attempt_async` on :func:`event_loop`."""
-    coro = attempt_async(agent, view, ctx, timeout_s=timeout_s, lost=lost, abandon=abandon)
-    return submit(coro).result()
-
-
-def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-    """Run ``coro`` on :func:`event_loop` in a copy of the calling thread's context; its future.
+def submit(
+    coro: Coroutine[Any, Any, T], context: contextvars.Context | None = None
+) -> concurrent.futures.Future[T]:
+    """Run ``coro`` on :func:`event_loop` in ``context`` (default: a copy of the calling thread's); its future.
 
     ``asyncio.run_coroutine_threadsafe`` alone would run it in the loop
     thread's context, so a span open here (the step's attempt) would not be
     its parent. Cancelling the returned future cancels the coroutine.
     """
-    context = copy_context()
+    context = copy_context() if context is None else context
 
     async def in_context() -> T:
         return await asyncio.get_running_loop().create_task(coro, context=context)

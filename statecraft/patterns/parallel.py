@@ -12,17 +12,21 @@ aggregate can be reconstructed from the log alone.
 
 Concurrency model, and its hazard
 ---------------------------------
-``max_concurrency`` **daemon** slot threads pull attempts from a queue; a
-slot that finishes an attempt starts the next one itself, and the
-coordinating thread (the step's) only wakes for ends, timeouts, retry
+Each attempt of each branch is a :class:`statecraft.execution.TimedCall`,
+the same timeout/abandon implementation as a step's own attempt: a plain
+callable runs on a **daemon** thread, a coroutine function (``async def``)
+as a task on the process's one event loop
+(``statecraft.execution.event_loop``). At most ``max_concurrency`` attempts
+run at once; an attempt that ends starts the next queued one itself, and
+the coordinating thread (the step's) only wakes for ends, timeouts, retry
 backoffs and the deadline. Wall time is therefore about the slowest branch,
 not the sum (bench/bench_fanout.py measures it).
 
 Python cannot kill a thread. A branch that exceeds ``branch_timeout`` (or is
 still running when a quorum or deadline ends the fan-out) is **abandoned**:
-its result is ignored, its context's ``cancelled`` event is set, a new slot
-thread replaces it, and the old thread runs on in the background until the
-callable returns. So:
+its result is ignored, its context's ``cancelled`` event is set, it stops
+counting towards ``max_concurrency`` (the next attempt starts), and its
+thread runs on in the background until the callable returns. So:
 
 - an abandoned branch still consumes CPU, memory, connections and API quota,
   and more than ``max_concurrency`` threads may briefly exist;
@@ -31,10 +35,8 @@ callable returns. So:
 - long-running branches should poll ``bctx.cancelled`` (or sleep with
   ``bctx.cancelled.wait(seconds)``) to stop early.
 
-A branch that is a coroutine function (``async def``) is awaited on the
-process's one event loop (``statecraft.execution.event_loop``) while its
-slot waits; abandoning it *cancels* it (``CancelledError`` at its next
-``await``), so async branches do not run on in the background.
+An async branch is *cancelled* when abandoned (``CancelledError`` at its
+next ``await``), so async branches do not run on in the background.
 
 Daemon threads (rather than a ``concurrent.futures.ThreadPoolExecutor``,
 whose threads the interpreter joins at exit, and which cannot replace a stuck
@@ -44,8 +46,7 @@ the step has committed.
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextvars
+import collections
 import copy
 import hashlib
 import json
@@ -61,9 +62,9 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_jsonable_python
 
 from ..agents.base import RecordedCall, StepContext, Usage
-from ..execution import is_async_callable, submit
+from ..execution import TimedCall, is_async_callable
 from ..policy import RetryPolicy
-from ..tracing import copy_context, span
+from ..tracing import span
 
 __all__ = [
     "All",
@@ -292,16 +293,9 @@ class _Attempt:
     attempt: int
     bctx: BranchContext
     ready_at: float
-    # queued -> running -> done | abandoned; queued -> dropped. Guarded by the run's lock.
-    state: str = "queued"
-    started: float = 0.0
-    ended: float = 0.0
-    value: Any = None
-    error: BaseException | None = None
+    run: TimedCall  # new -> running -> done | abandoned; new -> dropped
     handled: bool = False
     input_json: Any = None
-    future: concurrent.futures.Future[Any] | None = None  # an async branch's task on the event loop
-    context: contextvars.Context = field(default_factory=copy_context)  # the step's, at creation
 
 
 def run_parallel(
@@ -320,10 +314,11 @@ def run_parallel(
     Records, through ``ctx.record_call``, one ``agent.called`` event per
     attempt (in the order attempts end) and one ``fanout.completed`` event.
 
-    ``max_concurrency`` slot threads pull attempts from a queue, so a slot
-    that finishes starts the next attempt itself, without waiting for the
-    coordinator. A slot stuck in an abandoned attempt is replaced, so the
-    cap counts attempts that still matter (module docstring: the hazard).
+    Each attempt is a :class:`statecraft.execution.TimedCall` (the step's own
+    timeout/abandon implementation). At most ``max_concurrency`` run at
+    once; an attempt that ends starts the next queued one itself, without
+    waiting for the coordinator. An abandoned attempt no longer counts
+    towards the cap (module docstring: the hazard).
 
     Args:
         ctx: the step's context.
@@ -352,9 +347,10 @@ def run_parallel(
     completion = completion or All()
     timeout_s = None if branch_timeout is None else branch_timeout.total_seconds()
     task_lock = threading.Lock()
-    lock = threading.Lock()
-    work: queue.SimpleQueue[_Attempt | None] = queue.SimpleQueue()
-    wake: queue.SimpleQueue[_Attempt] = queue.SimpleQueue()
+    lock = threading.Lock()  # guards `queued` and `running`
+    queued: collections.deque[_Attempt] = collections.deque()  # ready, waiting for room under the cap
+    running = 0
+    wake: queue.SimpleQueue[None] = queue.SimpleQueue()
     clock = time.monotonic
     start = clock()
     overall = start + completion.after.total_seconds() if isinstance(completion, Deadline) else None
@@ -362,67 +358,72 @@ def run_parallel(
     reports: dict[str, BranchReport] = {}
     latest: dict[str, _Attempt] = {}
     backoff: list[_Attempt] = []  # retries waiting for their delay, not yet queued
-    slots = 0
     stopped = "all_finished"
 
-    def slot() -> None:
-        while True:
-            att = work.get()
-            if att is None:
-                return
-            with lock:
-                if att.state != "queued":
-                    continue  # dropped: the policy settled before it started
-                att.state, att.started = "running", clock()
-            wake.put(att)
-            try:
-                # Each attempt gets its own copy: nothing a branch does to its input
-                # reaches the step's view, another branch, or a later attempt.
-                # In the step's context (its attempt span is the branch span's parent).
-                att.value = att.context.run(run_branch, att)
-            except BaseException as exc:  # a branch's failure is data for the aggregate
-                att.error = exc
-            att.ended = clock()
-            with lock:
-                abandoned = att.state == "abandoned"
-                if not abandoned:
-                    att.state = "done"
-            if abandoned:
-                return  # a replacement slot has taken this one's place
-            wake.put(att)
+    def start_ready() -> None:
+        """Start queued attempts while there is room under the cap. Holding ``lock``."""
+        nonlocal running
+        while running < max_concurrency and queued:
+            att = queued.popleft()
+            if att.run.state == "new":
+                running += 1
+                att.run.start()
 
-    def run_branch(att: _Attempt) -> Any:
-        given = copy.deepcopy(att.call.input)
-        name = att.call.agent_name or att.call.key
-        with span(f"invoke_agent {name}", {
+    def freed() -> None:
+        """An attempt stopped counting towards the cap (ended or abandoned)."""
+        nonlocal running
+        with lock:
+            running -= 1
+            start_ready()
+
+    def ended(_: TimedCall) -> None:  # on the branch's thread (or the event loop)
+        freed()
+        wake.put(None)
+
+    def body(call: BranchCall, attempt: int, bctx: BranchContext) -> Callable[[], Any]:
+        """The attempt's callable: a coroutine function for an async branch, so it is awaited and cancellable."""
+        name = call.agent_name or call.key
+        attributes = {
             "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name,
             "statecraft.run_id": ctx.run_id, "statecraft.step": ctx.step,
-            "statecraft.branch": att.call.key, "statecraft.attempt": att.attempt,
-        }):
-            if is_async_callable(att.call.fn):
-                # On the process's one event loop; abandoning it cancels it for real.
-                att.future = submit(att.call.fn(given, att.bctx))
-                if att.bctx.cancelled.is_set():
-                    att.future.cancel()  # abandoned before its future existed
-                return att.future.result()
-            return att.call.fn(given, att.bctx)
+            "statecraft.branch": call.key, "statecraft.attempt": attempt,
+        }
+        fn = call.fn
+        # Each attempt gets its own copy: nothing a branch does to its input
+        # reaches the step's view, another branch, or a later attempt.
+        if is_async_callable(fn):
+            async def run_async() -> Any:
+                with span(f"invoke_agent {name}", attributes):
+                    return await fn(copy.deepcopy(call.input), bctx)
+            return run_async
 
-    def spawn_slot() -> None:
-        nonlocal slots
-        slots += 1
-        # Daemon: an abandoned branch must not keep the process alive (module docstring).
-        threading.Thread(target=slot, name=f"statecraft-{ctx.step}-slot", daemon=True).start()
+        def run_sync() -> Any:
+            with span(f"invoke_agent {name}", attributes):
+                return fn(copy.deepcopy(call.input), bctx)
+        return run_sync
 
     inputs: dict[str, Any] = {}
 
     def new_attempt(call: BranchCall, attempt: int, ready_at: float) -> _Attempt:
-        att = _Attempt(call, attempt, BranchContext(ctx, call.key, attempt, task_lock), ready_at)
+        bctx = BranchContext(ctx, call.key, attempt, task_lock)
+        # Made on the step's thread: the call runs in a copy of its context
+        # (the step's attempt span is the branch span's parent).
+        run = TimedCall(
+            body(call, attempt, bctx), timeout_s=timeout_s, on_abandon=bctx.cancelled.set, on_end=ended,
+            name=f"statecraft-{ctx.step}-branch",
+        )
+        att = _Attempt(call, attempt, bctx, ready_at, run)
         # Audit what the branch was given, before it could change it.
         if call.key not in inputs:
             inputs[call.key] = _json_or_repr(call.input)
         att.input_json = inputs[call.key]
         latest[call.key] = att
         return att
+
+    def enqueue(atts: Sequence[_Attempt]) -> None:
+        with lock:
+            queued.extend(atts)
+            start_ready()
 
     def record(att: _Attempt, outcome: str, *, output: Any = None, error: str | None = None,
                code: str | None = None, latency_ms: int) -> None:
@@ -452,10 +453,10 @@ def run_parallel(
 
     def finish(att: _Attempt) -> None:
         att.handled = True
-        latency_ms = int((att.ended - att.started) * 1000)
-        if att.error is None:
+        latency_ms = int((att.run.ended - att.run.started) * 1000)
+        if att.run.error is None:
             try:
-                output = _normalise(att.value, att.call.output_model)
+                output = _normalise(att.run.value, att.call.output_model)
             except (ValidationError, ValueError, TypeError) as bad:
                 error = f"output broke its contract: {_one_line(bad)}"
                 record(att, "failure", error=error, code="invalid_output", latency_ms=latency_ms)
@@ -464,16 +465,15 @@ def run_parallel(
             record(att, "success", output=output, latency_ms=latency_ms)
             reports[att.call.key] = BranchReport(status="success", output=output, attempts=att.attempt)
             return
-        error = f"{type(att.error).__name__}: {_one_line(att.error)}"
+        error = f"{type(att.run.error).__name__}: {_one_line(att.run.error)}"
         record(att, "failure", error=error, code="branch_error", latency_ms=latency_ms)
-        settle_failure(att, "failure", error, retry.is_retryable(att.error))
+        settle_failure(att, "failure", error, retry.is_retryable(att.run.error))
 
-    def abandon(att: _Attempt, status: BranchStatus, why: str, code: str, *, may_retry: bool) -> None:
+    def abandoned(att: _Attempt, status: BranchStatus, why: str, code: str, *, may_retry: bool) -> None:
+        """Record an attempt just abandoned (its ``cancelled`` event set, a coroutine cancelled)."""
         att.handled = True
-        att.bctx.cancelled.set()
-        if att.future is not None:
-            att.future.cancel()  # an async branch stops at its next await
-        latency_ms = int((clock() - att.started) * 1000)
+        freed()
+        latency_ms = int((att.run.ended - att.run.started) * 1000)
         record(att, "timeout" if status == "timeout" else "cancelled", error=why, code=code, latency_ms=latency_ms)
         retryable = may_retry and "TimeoutError" not in retry.non_retryable
         settle_failure(att, status, why, retryable)
@@ -496,42 +496,33 @@ def run_parallel(
             return "deadline"
         return None
 
-    for call in calls:
-        work.put(new_attempt(call, 1, start))
-    for _ in range(min(max_concurrency, len(calls))):
-        spawn_slot()
+    enqueue([new_attempt(call, 1, start) for call in calls])
 
     while True:
         # Handle every attempt that ended, then ask the policy.
         for att in list(latest.values()):
-            if att.state == "done" and not att.handled:
+            if att.run.state == "done" and not att.handled:
                 finish(att)
         why = settled()
         if why is not None:
             stopped = why
             break
         now = clock()
-        for att in [a for a in backoff if a.ready_at <= now]:
+        ready = [a for a in backoff if a.ready_at <= now]
+        for att in ready:
             backoff.remove(att)
-            work.put(att)
-        active = [a for a in latest.values() if a.state in ("queued", "running") and not a.handled]
+        if ready:
+            enqueue(ready)
+        # Not yet handled: to start, running, or ended since the pass above (its wake is queued).
+        active = [a for a in latest.values() if not a.handled]
         if not active and not backoff:
             break
-        expired = [
-            a for a in active
-            if a.state == "running" and timeout_s is not None and now >= a.started + timeout_s
-        ]
+        expired = [a for a in active if a.run.overdue(now) and a.run.abandon()]
         for att in expired:
-            with lock:
-                if att.state != "running":
-                    continue  # it finished just now; handled on the next pass
-                att.state = "abandoned"
-            abandon(att, "timeout", f"timed out after {_ms(branch_timeout)} ms", "timeout", may_retry=True)
-            slots -= 1  # the stuck slot exits when its branch returns …
-            spawn_slot()  # … and a fresh one takes its place now
+            abandoned(att, "timeout", f"timed out after {_ms(branch_timeout)} ms", "timeout", may_retry=True)
         if expired:
             continue
-        wakes = [a.started + timeout_s for a in active if a.state == "running" and timeout_s is not None]
+        wakes = [a.run.deadline for a in active if a.run.state == "running" and a.run.deadline is not None]
         wakes += [a.ready_at for a in backoff]
         if overall is not None:
             wakes.append(overall)
@@ -541,31 +532,27 @@ def run_parallel(
         except queue.Empty:
             pass
 
-    # The policy has settled: whatever still runs is abandoned, whatever waits never starts.
+    # The policy has settled: whatever waits never starts, whatever still runs is abandoned.
+    with lock:
+        for att in queued:
+            att.run.drop()
+        queued.clear()
     for att in list(latest.values()):
         if att.handled:
             continue
-        with lock:
-            state = att.state
-            if state == "queued":
-                att.state = "dropped"
-            elif state == "running":
-                att.state = "abandoned"
-        if state == "done":
-            finish(att)
-        elif state == "running":
+        if att.run.drop() or att.run.state == "dropped":
+            if att.call.key not in reports:
+                reports[att.call.key] = BranchReport(
+                    status="not_started", error=f"not started: {stopped.replace('_', ' ')}"
+                )
+        elif att.run.abandon():
             if stopped == "deadline":
-                abandon(att, "timeout", "still running at the fan-out deadline", "deadline", may_retry=False)
+                abandoned(att, "timeout", "still running at the fan-out deadline", "deadline", may_retry=False)
             else:
-                abandon(att, "cancelled", f"abandoned: {stopped.replace('_', ' ')}", stopped, may_retry=False)
-            slots -= 1  # that slot exits when its branch returns
-        elif att.call.key not in reports:
-            reports[att.call.key] = BranchReport(
-                status="not_started", error=f"not started: {stopped.replace('_', ' ')}"
-            )
+                abandoned(att, "cancelled", f"abandoned: {stopped.replace('_', ' ')}", stopped, may_retry=False)
+        elif att.run.state == "done":
+            finish(att)
     backoff.clear()
-    for _ in range(slots):
-        work.put(None)
 
     n_ok = sum(1 for r in reports.values() if r.status == "success")
     if isinstance(completion, Quorum):

@@ -1,0 +1,236 @@
+"""One timeout/abandon implementation (``TimedCall``) for a step's attempt and a fan-out's branches.
+
+Each test tries to break a promise of the shared primitive: a call that ends
+at the moment it is abandoned is counted once (never both ended and
+abandoned), an abandoned call's result never reaches anyone, an async call is
+really cancelled, the end is never reported from inside ``start()`` (the
+fan-out's cap lock would deadlock), and neither a step nor a fan-out starts
+an agent's thread by any other road.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from statecraft import Engine, Finish, Machine, RunStatus, Step
+from statecraft.execution import TimedCall, attempt_async, run_attempt
+from statecraft.patterns import BranchCall, run_parallel
+from tests.support.reliability import Counter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_call_that_ends_on_its_own_reports_its_value_once_from_its_own_thread() -> None:
+    ends: list[tuple[int, Any]] = []
+    call = TimedCall(lambda x: x * 2, (21,), on_end=lambda c: ends.append((threading.get_ident(), c.value)))
+    call.start()
+    assert call.wait(threading.Event()) is None
+    assert (call.state, call.value, call.error) == ("done", 42, None)
+    assert len(ends) == 1 and ends[0][1] == 42 and ends[0][0] != threading.get_ident()
+    assert not call.abandon(), "a call that ended cannot be abandoned afterwards"
+
+
+def test_an_abandoned_calls_result_is_dropped_and_on_end_never_called() -> None:
+    release = threading.Event()
+    ends: list[TimedCall] = []
+    abandoned = threading.Event()
+    call = TimedCall(
+        lambda: release.wait(5) and "late", timeout_s=0.05, on_abandon=abandoned.set, on_end=ends.append
+    )
+    call.start()
+    assert call.wait(threading.Event()) == "timeout"
+    assert call.state == "abandoned" and abandoned.is_set()
+    release.set()
+    time.sleep(0.1)  # the thread returns "late" now
+    assert call.value is None and call.state == "abandoned" and ends == []
+
+
+def test_a_lost_lease_abandons_the_call_before_its_deadline() -> None:
+    lost = threading.Event()
+    call = TimedCall(lambda: time.sleep(5), timeout_s=30)
+    call.start()
+    threading.Timer(0.05, lost.set).start()
+    began = time.monotonic()
+    assert call.wait(lost) == "lost"
+    assert time.monotonic() - began < 1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ending_and_abandoning_at_the_same_moment_is_one_or_the_other_never_both(seed: int) -> None:
+    # 300 calls whose end races their abandonment: exactly one side wins each.
+    outcomes = {"done": 0, "abandoned": 0}
+    for i in range(300):
+        gate = threading.Event()
+        ends: list[TimedCall] = []
+        call = TimedCall(gate.wait, (1,), on_end=ends.append)
+        call.start()
+        if (i + seed) % 2:
+            gate.set()
+        won = call.abandon()
+        gate.set()
+        call.finished.wait(2)
+        time.sleep(0.001)
+        if won:
+            assert call.state == "abandoned" and ends == [] and call.value is None
+        else:
+            assert call.state == "done" and ends == [call] and call.value is True
+        outcomes[call.state] += 1
+    assert sum(outcomes.values()) == 300
+
+
+def test_an_abandoned_coroutine_is_cancelled_for_real() -> None:
+    cancelled = threading.Event()
+
+    async def hangs() -> str:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    call = TimedCall(hangs, timeout_s=0.05)
+    call.start()
+    assert call.wait(threading.Event()) == "timeout"
+    assert cancelled.wait(2), "the coroutine was left running"
+
+
+def test_a_coroutine_function_that_raises_when_called_ends_the_call_with_its_error() -> None:
+    async def needs_an_argument(x: int) -> int:
+        return x
+
+    call = TimedCall(needs_an_argument, (), timeout_s=1)  # calling it raises TypeError
+    call.start()
+    assert call.wait(threading.Event()) is None
+    assert isinstance(call.error, TypeError) and call.state == "done"
+
+
+def test_the_end_of_an_instant_coroutine_is_never_reported_from_inside_start() -> None:
+    # A coroutine that is done before start() returns must not call on_end on
+    # the starting thread while start() holds its lock (a deadlock), nor at all
+    # from that thread (the fan-out calls start() under its cap lock).
+    starter = threading.get_ident()
+    seen: list[int] = []
+
+    async def instant() -> int:
+        return 1
+
+    for _ in range(200):
+        call = TimedCall(instant, on_end=lambda c: seen.append(threading.get_ident()))
+        call.start()
+        assert call.finished.wait(2)
+    time.sleep(0.05)
+    assert len(seen) == 200 and starter not in seen
+
+
+def test_a_fan_out_of_many_instant_async_branches_under_a_small_cap_neither_hangs_nor_exceeds_it(
+    engine: Engine,
+) -> None:
+    live = 0
+    most = 0
+    lock = threading.Lock()
+
+    async def branch(value: int, bctx: Any) -> int:
+        nonlocal live, most
+        with lock:
+            live += 1
+            most = max(most, live)
+        await asyncio.sleep(0)
+        with lock:
+            live -= 1
+        return value
+
+    def fan(state: Counter, ctx: Any) -> Finish:
+        result = run_parallel(ctx, [BranchCall(f"b{i}", branch, i) for i in range(60)], max_concurrency=2)
+        return Finish(update={"n": sum(result.outputs.values())})
+
+    m = Machine("fan", "1", Counter, [Step("fan", fan, writes=["n"], may_finish=True)])
+    run = engine.start(m, {})
+    assert run.status is RunStatus.DONE and run.state["n"] == sum(range(60))
+    assert most <= 2
+
+
+def test_branches_that_end_just_as_they_time_out_are_each_recorded_once(engine: Engine) -> None:
+    # Branches of ~timeout length: each attempt is either a success or a
+    # timeout, never both and never lost; the cap holds throughout.
+    live = 0
+    most = 0
+    lock = threading.Lock()
+
+    def branch(value: int, bctx: Any) -> int:
+        nonlocal live, most
+        with lock:
+            live += 1
+            most = max(most, live)
+        time.sleep(0.02 + (value % 3) * 0.005)
+        with lock:
+            live -= 1
+        return value
+
+    def fan(state: Counter, ctx: Any) -> Finish:
+        result = run_parallel(
+            ctx, [BranchCall(f"b{i}", branch, i) for i in range(24)], max_concurrency=4,
+            branch_timeout=timedelta(milliseconds=25),
+        )
+        return Finish(update={"n": len(result.branches)})
+
+    m = Machine("fan", "1", Counter, [Step("fan", fan, writes=["n"], may_finish=True, timeout=timedelta(seconds=30))])
+    run = engine.start(m, {})
+    assert run.status is RunStatus.DONE and run.state["n"] == 24
+    calls = [e for e in engine.events(run.run_id) if e.event_type == "agent.called"]
+    by_branch: dict[str, list[str]] = {}
+    for e in calls:
+        by_branch.setdefault(str(e.decision), []).append(str(e.outcome))
+    assert sorted(by_branch) == sorted(f"b{i}" for i in range(24))
+    assert all(outcomes in (["success"], ["timeout"]) for outcomes in by_branch.values()), by_branch
+    # A timed-out thread may still be running when the next attempt starts
+    # (the documented hazard), so `most` may pass the cap only by those.
+    timeouts = sum(o == ["timeout"] for o in by_branch.values())
+    assert most <= 4 + timeouts
+
+
+def test_run_attempt_and_attempt_async_give_the_same_verdict_for_the_same_timeout() -> None:
+    from statecraft.agents.base import StepContext
+
+    async def slow(view: Any, ctx: Any) -> str:
+        await asyncio.sleep(5)
+        return "late"
+
+    def make_ctx() -> StepContext:
+        return StepContext(
+            run_id="r", machine="m", machine_version="1", step="s", attempt=1, started_by="t",
+            load_task=lambda: None, clock=lambda: datetime.now(timezone.utc),
+        )
+
+    abandoned: list[str] = []
+    sync = run_attempt(slow, None, make_ctx(), timeout_s=0.05, lost=threading.Event(), abandon=lambda: abandoned.append("sync"))
+    on_loop = asyncio.run(
+        attempt_async(slow, None, make_ctx(), timeout_s=0.05, lost=threading.Event(), abandon=lambda: abandoned.append("async"))
+    )
+    assert (sync.timed_out, sync.lost, sync.outcome) == (True, False, None)
+    assert (on_loop.timed_out, on_loop.lost, on_loop.outcome) == (True, False, None)
+    assert abandoned == ["sync", "async"]
+
+
+def test_no_agent_or_branch_thread_is_started_outside_timed_call() -> None:
+    # The one implementation: execution.py's step attempt and parallel.py's
+    # branches start threads only through TimedCall (and the event loop's own).
+    allowed = {"statecraft/execution.py": {"TimedCall", "_start_loop"}, "statecraft/patterns/parallel.py": set()}
+    for rel, may in allowed.items():
+        tree = ast.parse((ROOT / rel).read_text())
+        starters = {
+            top.name
+            for top in tree.body
+            if isinstance(top, (ast.ClassDef, ast.FunctionDef))
+            for node in ast.walk(top)
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("threading.Thread", "Thread")
+        }
+        assert starters <= may, f"{rel} starts threads in {starters - may}: use TimedCall"
