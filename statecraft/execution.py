@@ -369,12 +369,10 @@ def run_attempt(
     if timeout_s is None and not is_async_callable(agent):
         started = time.monotonic()
         try:
-            outcome = agent(view, ctx)
+            outcome, error = agent(view, ctx), None
         except BaseException as exc:
-            if not is_agent_failure(exc):
-                raise
-            return Attempt(error=exc, latency_ms=_ms_since(started), usage=ctx.usage, calls=ctx.calls)
-        return Attempt(outcome=outcome, latency_ms=_ms_since(started), usage=ctx.usage, calls=ctx.calls)
+            outcome, error = None, exc
+        return _ended_attempt(outcome, error, _ms_since(started), ctx)
     call = TimedCall(agent, (view, ctx), timeout_s=timeout_s, on_abandon=abandon, name=f"statecraft-agent-{ctx.step}")
     call.start()
     return _attempt_of(call, call.wait(lost), ctx)
@@ -419,11 +417,20 @@ def _attempt_of(call: TimedCall, stopped: Literal["timeout", "lost"] | None, ctx
             timed_out=stopped == "timeout", lost=stopped == "lost", latency_ms=latency,
             usage=ctx.usage, calls=list(ctx.calls),
         )
-    if call.error is not None:
-        if not is_agent_failure(call.error):
-            raise call.error
-        return Attempt(error=call.error, latency_ms=latency, usage=ctx.usage, calls=ctx.calls)
-    return Attempt(outcome=call.value, latency_ms=latency, usage=ctx.usage, calls=ctx.calls)
+    return _ended_attempt(call.value, call.error, latency, ctx)
+
+
+def _ended_attempt(outcome: object, error: BaseException | None, latency_ms: int, ctx: StepContext) -> Attempt:
+    """The :class:`Attempt` of an agent call that returned ``outcome`` or raised ``error``.
+
+    Raises:
+        BaseException: ``error`` itself when it is not an attempt failure (:func:`is_agent_failure`).
+    """
+    if error is not None:
+        if not is_agent_failure(error):
+            raise error
+        return Attempt(error=error, latency_ms=latency_ms, usage=ctx.usage, calls=ctx.calls)
+    return Attempt(outcome=outcome, latency_ms=latency_ms, usage=ctx.usage, calls=ctx.calls)
 
 
 def is_async_callable(fn: object) -> bool:
