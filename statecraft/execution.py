@@ -409,8 +409,7 @@ async def attempt_async(
 
 def _attempt_of(call: TimedCall, stopped: Literal["timeout", "lost"] | None, ctx: StepContext) -> Attempt:
     """The :class:`Attempt` of a step's ended or abandoned call."""
-    end = call.ended or time.monotonic()
-    latency = int((end - call.started) * 1000)
+    latency = int((call.ended - call.started) * 1000)
     if stopped is not None:
         # Snapshots: an abandoned thread may keep reporting into ctx.
         return Attempt(

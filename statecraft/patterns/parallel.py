@@ -517,9 +517,12 @@ def run_parallel(
         active = [a for a in latest.values() if not a.handled]
         if not active and not backoff:
             break
-        expired = [a for a in active if a.run.overdue(now) and a.run.abandon()]
-        for att in expired:
-            abandoned(att, "timeout", f"timed out after {_ms(branch_timeout)} ms", "timeout", may_retry=True)
+        expired = False
+        for att in active:
+            # abandon() is False when the attempt ended just now: handled on the next pass.
+            if att.run.overdue(now) and att.run.abandon():
+                abandoned(att, "timeout", f"timed out after {_ms(branch_timeout)} ms", "timeout", may_retry=True)
+                expired = True
         if expired:
             continue
         wakes = [a.run.deadline for a in active if a.run.state == "running" and a.run.deadline is not None]
@@ -540,7 +543,8 @@ def run_parallel(
     for att in list(latest.values()):
         if att.handled:
             continue
-        if att.run.drop() or att.run.state == "dropped":
+        att.run.drop()  # a retry still in its backoff
+        if att.run.state == "dropped":
             if att.call.key not in reports:
                 reports[att.call.key] = BranchReport(
                     status="not_started", error=f"not started: {stopped.replace('_', ' ')}"
