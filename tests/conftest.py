@@ -88,7 +88,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         # A test that also takes ``db_path`` works on the SQLite file itself (an
         # insider's sqlite3, a second Engine on the path): SQLite only.
         sqlite_only = metafunc.definition.get_closest_marker("sqlite_only") or "db_path" in metafunc.definition.fixturenames
-        wanted = ["sqlite"] if sqlite_only else ["sqlite", "postgres"]
+        if metafunc.definition.get_closest_marker("postgres_only"):
+            wanted = ["postgres"]
+        else:
+            wanted = ["sqlite"] if sqlite_only else ["sqlite", "postgres"]
         metafunc.parametrize("backend", wanted, indirect=True)
 
 

@@ -131,9 +131,9 @@ def append_event(
     """Append one event at the head of the chain, inside the caller's transaction.
 
     The caller must hold the database's write lock (``BEGIN IMMEDIATE`` on
-    SQLite) so that reading the head and inserting are atomic; the UNIQUE
-    constraints on ``prev_hash``/``entry_hash`` make a racing writer fail
-    rather than fork the chain.
+    SQLite) so that reading the head and inserting are atomic; the append
+    guard (store/db.py: the next seq, chained onto the entry_hash at seq - 1)
+    makes a racing writer fail rather than fork the chain.
 
     Args:
         conn: a connection inside an open write transaction.

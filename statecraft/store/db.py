@@ -25,7 +25,7 @@ from .._time import format_utc, utc_now
 from ..errors import NotAStatecraftDatabase, StoreError
 from .migrations import SCHEMA_VERSION
 
-__all__ = ["DEFAULT_DB", "GUARD_TRIGGERS", "Database", "Synchronous", "database_url", "sqlite_path"]
+__all__ = ["DEFAULT_DB", "GUARD_TRIGGERS", "Database", "Synchronous", "database_url", "guard_ddl", "sqlite_path"]
 
 DEFAULT_DB = "statecraft.db"
 """Default database file, in the working directory (overridable: ``--db``, ``STATECRAFT_DB``)."""
@@ -35,7 +35,7 @@ Synchronous = Literal["FULL", "NORMAL"]
 GUARD_TRIGGERS: dict[str, str] = {
     "audit_event_no_delete": "DELETE",
     "audit_event_no_update": "UPDATE of hashed columns",
-    "audit_event_no_replace": "INSERT OR REPLACE",
+    "audit_event_no_replace": "INSERT OR REPLACE, or an insert that does not append to the chain",
     "audit_event_payload_redaction_only": "payload changes other than lawful redaction",
 }
 """The ledger's guard triggers (SQLite) and what each refuses; ``audit verify`` reports a missing one."""
@@ -49,21 +49,25 @@ _TRIGGERS = (
     """CREATE TRIGGER IF NOT EXISTS audit_event_no_update
        BEFORE UPDATE OF {hashed} ON audit_event
        BEGIN SELECT RAISE(ABORT, 'audit_event is append-only: UPDATE refused'); END""",
-    # INSERT OR REPLACE (and REPLACE INTO) would delete the row it collides
-    # with, and SQLite fires DELETE triggers for that only under PRAGMA
-    # recursive_triggers, which a stdlib sqlite3 prompt leaves off: refuse
-    # any insert that collides with a unique key instead (index probes only).
+    # An insert must append: take the next seq and chain onto the entry_hash
+    # at seq - 1 (the genesis onto 64 zeros). So no insert forks the chain or
+    # lands in the middle, and INSERT OR REPLACE (and REPLACE INTO), which
+    # would delete the row it collides with (SQLite fires DELETE triggers for
+    # that only under PRAGMA recursive_triggers, which a stdlib sqlite3 prompt
+    # leaves off), finds nothing to collide with on seq; event_id and
+    # (run_id, run_seq) are probed through their unique indexes. Reads the
+    # table's last page and two index probes, no hash index (issue #11).
     """CREATE TRIGGER IF NOT EXISTS audit_event_no_replace
        BEFORE INSERT ON audit_event
        BEGIN SELECT CASE
-           WHEN EXISTS (SELECT 1 FROM audit_event WHERE seq = NEW.seq)
-           THEN RAISE(ABORT, 'audit_event is append-only: a row with this seq exists (REPLACE refused)')
+           WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_event)
+           THEN RAISE(ABORT, 'audit_event is append-only: an event must take the next seq (REPLACE and inserts in the middle refused)')
+           WHEN NEW.prev_hash IS NOT COALESCE((SELECT entry_hash FROM audit_event WHERE seq = NEW.seq - 1), '{genesis}')
+           THEN RAISE(ABORT, 'audit_event is append-only: prev_hash must be the entry_hash of the event before it (a fork refused)')
            WHEN EXISTS (SELECT 1 FROM audit_event WHERE event_id = NEW.event_id)
-             OR EXISTS (SELECT 1 FROM audit_event WHERE prev_hash = NEW.prev_hash)
-             OR EXISTS (SELECT 1 FROM audit_event WHERE entry_hash = NEW.entry_hash)
              OR EXISTS (SELECT 1 FROM audit_event
                         WHERE run_id = NEW.run_id AND run_seq = NEW.run_seq)
-           THEN RAISE(ABORT, 'audit_event is append-only: event_id, prev_hash, entry_hash or run_seq taken (REPLACE refused)')
+           THEN RAISE(ABORT, 'audit_event is append-only: event_id or run_seq taken (REPLACE refused)')
        END; END""",
     # The one permitted change: clearing a payload that a payload.redacted event
     # authorises (lawful redaction keeps the chain intact via payload_sha256).
@@ -76,6 +80,20 @@ _TRIGGERS = (
 )
 
 
+def guard_ddl(*, sqlite: bool) -> list[str]:
+    """The ledger's guard triggers (and PostgreSQL's function and grants), as DDL to run in order.
+
+    Used when a schema is created and by migrations that rebuild ``audit_event``.
+    """
+    from ..audit.chain import GENESIS_PREV_HASH, HASHED_COLUMNS
+
+    hashed = ", ".join(HASHED_COLUMNS + ("entry_hash",))
+    return [
+        ddl.replace("{hashed}", hashed).replace("{genesis}", GENESIS_PREV_HASH)
+        for ddl in (_TRIGGERS if sqlite else _POSTGRES_GUARDS)
+    ]
+
+
 # PostgreSQL: the same guard rails, in PL/pgSQL; TRUNCATE refused too, and the
 # privileges to change rows revoked from PUBLIC (the table's owner keeps them:
 # guard rails, not evidence — the chain and anchors are the evidence).
@@ -83,7 +101,17 @@ _POSTGRES_GUARDS = (
     """CREATE OR REPLACE FUNCTION statecraft_audit_event_guard() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
-        IF TG_OP = 'DELETE' THEN
+        IF TG_OP = 'INSERT' THEN
+            -- Append only: the next seq, chained onto the entry_hash at seq - 1.
+            IF NEW.seq IS DISTINCT FROM (SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_event) THEN
+                RAISE EXCEPTION 'audit_event is append-only: an event must take the next seq';
+            END IF;
+            IF NEW.prev_hash IS DISTINCT FROM COALESCE(
+                (SELECT entry_hash FROM audit_event WHERE seq = NEW.seq - 1), '{genesis}') THEN
+                RAISE EXCEPTION 'audit_event is append-only: prev_hash must be the entry_hash of the event before it (a fork refused)';
+            END IF;
+            RETURN NEW;
+        ELSIF TG_OP = 'DELETE' THEN
             RAISE EXCEPTION 'audit_event is append-only: DELETE refused';
         ELSIF TG_OP = 'TRUNCATE' THEN
             RAISE EXCEPTION 'audit_event is append-only: TRUNCATE refused';
@@ -102,6 +130,8 @@ _POSTGRES_GUARDS = (
         END IF;
         RETURN NEW;
     END $$""",
+    "CREATE TRIGGER audit_event_no_fork BEFORE INSERT ON audit_event "
+    "FOR EACH ROW EXECUTE FUNCTION statecraft_audit_event_guard()",
     "CREATE TRIGGER audit_event_no_delete BEFORE DELETE ON audit_event "
     "FOR EACH ROW EXECUTE FUNCTION statecraft_audit_event_guard()",
     "CREATE TRIGGER audit_event_no_update BEFORE UPDATE ON audit_event "
@@ -343,7 +373,7 @@ class Database:
         # read or write runs needs neither (issue #9, bench/bench_startup.py).
         from sqlmodel import SQLModel
 
-        from ..audit.chain import HASHED_COLUMNS, append_event
+        from ..audit.chain import append_event
         from . import tables
         from .migrations import record_all
 
@@ -370,13 +400,8 @@ class Database:
                 ],
             )
             conn.exec_driver_sql(tables.CHECKPOINT_VIEW)
-            if self.is_sqlite:
-                hashed = ", ".join(HASHED_COLUMNS + ("entry_hash",))
-                for ddl in _TRIGGERS:
-                    conn.exec_driver_sql(ddl.replace("{hashed}", hashed))
-            else:
-                for ddl in _POSTGRES_GUARDS:
-                    conn.exec_driver_sql(ddl)
+            for ddl in guard_ddl(sqlite=self.is_sqlite):
+                conn.exec_driver_sql(ddl)
             ledger_id = str(uuid.uuid4())
             now = format_utc(utc_now())
             conn.execute(

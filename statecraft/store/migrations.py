@@ -4,8 +4,10 @@ Why our own small runner rather than Alembic: statecraft is embedded in other
 people's services, often with one SQLite file and no migration tooling, so
 upgrading must happen by itself when a newer statecraft opens an older
 database, in one transaction, with nothing to configure. And the audit table
-is hash-covered: a migration may add columns, tables, indexes or views, but
-must never rewrite an existing audit row (each row's ``schema_version``
+is hash-covered: a migration may add columns, tables, indexes or views, or
+rebuild a table by copying every row with every value unchanged (SQLite
+cannot drop a constraint otherwise: ``0004_leaner_ledger``), but must never
+rewrite an existing audit row (each row's ``schema_version``
 column names the columns its hash covers, so old rows keep verifying). That
 is the shape of sqlite-utils' ``migrations`` (named functions applied in
 order, recorded in a table), which we follow; the DDL itself goes through
@@ -52,8 +54,9 @@ class Migration:
         version: the schema version once it is applied.
         description: one line, for ``ledger.migrated`` and the docs.
         apply: ``(connection) -> None``, inside the upgrade's transaction; it
-            may add tables, columns, indexes, views and triggers, and must
-            never change an existing ``audit_event`` row.
+            may add tables, columns, indexes, views and triggers, and rebuild
+            a table copying its rows unchanged; it must never change an
+            existing ``audit_event`` row's values.
     """
 
     name: str
@@ -79,6 +82,67 @@ def _model_controls(conn: Connection) -> None:
         table.__table__.create(conn, checkfirst=True)  # type: ignore[union-attr]
 
 
+_OLD_INDEXES: Final = ("ix_audit_actor_time", "ix_audit_time", "ix_audit_type_time", "ix_audit_model_time")
+
+
+def _leaner_ledger(conn: Connection) -> None:
+    """Schema 4: fewer B-trees touched per event (issue #11, bench/README.md "hot path").
+
+    - ``audit_event`` loses ``UNIQUE(prev_hash)`` and ``UNIQUE(entry_hash)``:
+      the ``audit_event_no_replace`` guard (PostgreSQL: ``audit_event_no_fork``)
+      now makes every insert take the next seq and chain onto the entry_hash
+      at seq - 1, which refuses a fork outright;
+    - ``ix_audit_model_time`` covers only events with a model (a
+      ``model_id = ?`` query still uses it);
+    - SQLite: ``blob`` is ``WITHOUT ROWID`` (the hash is the row's key).
+
+    SQLite cannot drop a table constraint, so ``audit_event`` and ``blob``
+    are rebuilt: renamed aside, created anew from the declared tables (so an
+    upgraded schema is a new one's, text for text), every row copied with
+    every value unchanged, the old tables dropped. No audit row is rewritten:
+    the same values under the same seq, so every entry hash still holds
+    (``audit verify`` after the upgrade says so). It costs one copy of both
+    tables, once, inside the upgrade's transaction.
+    """
+    from . import tables
+    from .db import guard_ddl
+
+    audit = tables.AuditEventRow.__table__  # type: ignore[attr-defined]
+    blob = tables.BlobRow.__table__  # type: ignore[attr-defined]
+    if conn.dialect.name != "sqlite":
+        for constraint in ("uq_audit_prev_hash", "uq_audit_entry_hash"):
+            conn.exec_driver_sql(f"ALTER TABLE audit_event DROP CONSTRAINT IF EXISTS {constraint}")
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_audit_model_time")
+        for index in audit.indexes:
+            if index.name == "ix_audit_model_time":
+                index.create(conn)
+        for ddl in guard_ddl(sqlite=False):
+            if ddl.startswith("CREATE OR REPLACE FUNCTION") or "TRIGGER audit_event_no_fork " in ddl:
+                conn.exec_driver_sql(ddl)
+        return
+    # Whatever refers to the two tables goes first (a rename re-parses the schema).
+    conn.exec_driver_sql("DROP VIEW IF EXISTS checkpoint")
+    for name in [r[0] for r in conn.exec_driver_sql(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name IN ('audit_event', 'blob')"
+    )]:
+        conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
+    for index in _OLD_INDEXES:
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index}")
+    for table, order in ((audit, "seq"), (blob, "sha256")):
+        old = f"_statecraft_old_{table.name}"
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} RENAME TO {old}")
+        table.create(conn)  # with its indexes
+        present = {r[1] for r in conn.exec_driver_sql(f"PRAGMA table_info({old})")}
+        columns = ", ".join(c.name for c in table.columns if c.name in present)
+        conn.exec_driver_sql(
+            f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {old} ORDER BY {order}"
+        )
+        conn.exec_driver_sql(f"DROP TABLE {old}")
+    conn.exec_driver_sql(tables.CHECKPOINT_VIEW)
+    for ddl in guard_ddl(sqlite=True):
+        conn.exec_driver_sql(ddl)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("0001_initial", 1, "runs, blobs, side effects, the audit ledger, checkpoint view, guard triggers", _initial),
     Migration("0002_migration_table", 2, "statecraft_migration records the migrations applied", _migration_table),
@@ -86,6 +150,12 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "0003_model_controls", 3,
         "rate_limit_bucket, circuit_breaker, prompt_digest, session_entry: the controls in front of a model",
         _model_controls,
+    ),
+    Migration(
+        "0004_leaner_ledger", 4,
+        "audit_event without UNIQUE(prev_hash)/UNIQUE(entry_hash) (the append guard checks the chain link), "
+        "ix_audit_model_time partial, blob WITHOUT ROWID (SQLite)",
+        _leaner_ledger,
     ),
 )
 """Every migration, in order. Append only: never edit or reorder a released one."""

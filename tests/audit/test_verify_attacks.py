@@ -149,14 +149,59 @@ def test_an_insert_or_replace_after_dropping_the_guards_is_still_detected(ledger
     assert_detected(verify(ledger), 5, "seq 5: entry_hash mismatch (row edited)")
 
 
-def test_a_fork_is_refused_by_the_unique_prev_hash_constraint(ledger, insider) -> None:
+def test_a_fork_is_refused_by_the_append_guard(ledger, insider) -> None:
     forged = insider.forge(
         insider.row(6), seq=ledger.head + 1, prev_hash=ledger.row(5)["entry_hash"],
         event_id="forged-1", run_id=None, run_seq=None,
     )
 
-    with pytest.raises(sqlite3.IntegrityError, match="prev_hash"):
+    with pytest.raises(sqlite3.IntegrityError, match="prev_hash must be the entry_hash of the event before it"):
         insider.insert(forged)
+
+
+@pytest.mark.parametrize(
+    ("where", "seq_of", "parent_of"),
+    [
+        ("past the head", lambda head: head + 2, lambda head: head),  # chained onto the head, but a gap
+        ("in the middle", lambda head: 6, lambda head: 5),  # seq 6 is taken
+        ("below the genesis", lambda head: 0, lambda head: 1),
+    ],
+)
+def test_an_insert_anywhere_but_the_next_seq_is_refused(ledger, insider, where, seq_of, parent_of) -> None:
+    # Correctly hashed and chained onto its parent: only its place is wrong.
+    head = ledger.head
+    forged = insider.forge(
+        insider.row(6), seq=seq_of(head), prev_hash=ledger.row(parent_of(head))["entry_hash"],
+        event_id=f"forged-{where}", run_id=None, run_seq=None,
+    )
+
+    with pytest.raises(sqlite3.IntegrityError, match="must take the next seq"):
+        insider.insert(forged)
+
+    assert _head(insider) == head
+    assert verify(ledger).ok
+
+
+def test_the_next_event_chained_correctly_is_the_one_insert_the_guard_lets_through(ledger, insider) -> None:
+    # The guard is not a blanket refusal: a correct append passes it (as the
+    # engine's own do), so what it refuses above is the place, not the insert.
+    head = ledger.head
+    forged = insider.forge(
+        insider.row(6), seq=head + 1, prev_hash=ledger.row(head)["entry_hash"],
+        event_id="appended", run_id=None, run_seq=None,
+    )
+    insider.insert(forged)
+
+    assert _head(insider) == head + 1 and insider.row(head + 1)["event_id"] == "appended"
+    assert verify(ledger).ok
+
+
+def _head(insider) -> int:
+    conn = insider.connect()
+    try:
+        return int(conn.execute("SELECT MAX(seq) FROM audit_event").fetchone()[0])
+    finally:
+        conn.close()
 
 
 # -- AUDIT.md attacks -------------------------------------------------------------------
@@ -289,7 +334,8 @@ def test_reordering_two_rows_is_detected_at_the_first_of_them(ledger, insider) -
 def test_inserting_a_forged_row_in_the_middle_is_detected_where_the_chain_breaks(ledger, insider) -> None:
     # The forged row chains correctly onto seq 5, so it shares a parent with the
     # original seq 6: the UNIQUE(prev_hash) constraint must go first.
-    insider.recreate_without("uq_audit_prev_hash")
+    # The append guard refuses a row in the middle (and shifting rows up): dropped first.
+    insider.drop_guards()
     insider.shift_up(6)
     insider.insert(
         insider.forge(
@@ -335,7 +381,7 @@ def test_splicing_a_row_from_another_ledger_is_detected_at_that_seq(ledger, insi
 
 
 def test_a_fork_two_rows_with_one_parent_is_detected_at_the_second_child(ledger, insider) -> None:
-    insider.recreate_without("uq_audit_prev_hash")
+    insider.drop_guards()  # the append guard refuses a fork
     insider.insert(
         insider.forge(
             insider.row(6), seq=ledger.head + 1, prev_hash=ledger.row(5)["entry_hash"],

@@ -15,8 +15,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from statecraft import Engine, NotAStatecraftDatabase, RunStatus
+from statecraft import Engine, Finish, Machine, NotAStatecraftDatabase, RunStatus, Step
 from statecraft.audit.verify import verify_ledger
 from statecraft.loader import load_machine
 from statecraft.store.migrations import MIGRATIONS, SCHEMA_VERSION
@@ -130,3 +131,92 @@ def test_a_read_only_copy_of_an_old_database_is_read_without_upgrading(tmp_path:
         assert len(engine.list()) == 4
     assert db.read_bytes() == before
     assert _meta(db)["schema_version"] == "1"
+
+
+def _counter_machine() -> Machine:
+    class Counter(BaseModel):
+        n: int = 0
+
+    def count(state: Counter, ctx: object) -> Finish:
+        return Finish(update={"n": state.n + 1})
+
+    return Machine("counter", "1", Counter, [Step("count", count, next=[], writes=["n"], may_finish=True)])
+
+
+def _sqlite_hash_indexes(path: Path) -> list[str]:
+    raw = sqlite3.connect(path)
+    try:
+        return [r[0] for r in raw.execute("SELECT sql FROM sqlite_master WHERE name = 'audit_event'")
+                if "UNIQUE (prev_hash)" in r[0] or "UNIQUE (entry_hash)" in r[0]]
+    finally:
+        raw.close()
+
+
+def test_the_schema_1_upgrade_leaves_the_lean_ledger_with_every_row_unchanged(tmp_path: Path) -> None:
+    db = _schema_1(tmp_path / "old.db")
+    raw = sqlite3.connect(db)
+    before = raw.execute("SELECT * FROM audit_event ORDER BY seq").fetchall()
+    blobs = raw.execute("SELECT * FROM blob ORDER BY sha256").fetchall()
+    raw.close()
+
+    Engine(db).close()
+
+    raw = sqlite3.connect(db)
+    try:
+        after = raw.execute("SELECT * FROM audit_event ORDER BY seq").fetchall()
+        assert after[: len(before)] == before  # every value of every row, under its seq
+        assert raw.execute("SELECT * FROM blob ORDER BY sha256").fetchall() == blobs
+        assert "WITHOUT ROWID" in raw.execute("SELECT sql FROM sqlite_master WHERE name = 'blob'").fetchone()[0]
+        assert not raw.execute("SELECT name FROM sqlite_master WHERE name LIKE '_statecraft_old_%'").fetchall()
+    finally:
+        raw.close()
+    assert _sqlite_hash_indexes(db) == []
+
+
+@pytest.mark.postgres_only
+def test_a_schema_3_postgresql_database_upgrades_to_the_append_guard(backend: str, db_url: str) -> None:
+    import psycopg
+
+    machine = _counter_machine()
+    with Engine(db_url) as engine:
+        engine.start(machine, {"n": 1})
+    search_path = db_url.rsplit("%3D", 1)[1]
+    # Back to schema 3 as it was: the two hash constraints, a whole-table model
+    # index, no insert guard, 0004 not recorded.
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE audit_event ADD CONSTRAINT uq_audit_prev_hash UNIQUE (prev_hash)")
+        conn.execute("ALTER TABLE audit_event ADD CONSTRAINT uq_audit_entry_hash UNIQUE (entry_hash)")
+        conn.execute("DROP INDEX ix_audit_model_time")
+        conn.execute("CREATE INDEX ix_audit_model_time ON audit_event (model_id, occurred_at)")
+        conn.execute("DROP TRIGGER audit_event_no_fork ON audit_event")
+        conn.execute("UPDATE statecraft_meta SET value = '3' WHERE key = 'schema_version'")
+        conn.execute("DELETE FROM statecraft_migration WHERE name = '0004_leaner_ledger'")
+        before = conn.execute("SELECT * FROM audit_event ORDER BY seq").fetchall()
+
+    with Engine(db_url, machines=[machine]) as engine:
+        migrated = engine.events()[-1]
+        assert migrated.event_type == "ledger.migrated"
+        assert [m["name"] for m in json.loads(migrated.payload_json or "{}")["applied"]] == ["0004_leaner_ledger"]
+        assert engine.start(machine, {"n": 5}).state["n"] == 6  # appends pass the new guard
+        assert verify_ledger(engine.db).ok
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert conn.execute("SELECT * FROM audit_event ORDER BY seq").fetchall()[: len(before)] == before
+        constraints = {r[0] for r in conn.execute(
+            "SELECT conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
+            "WHERE n.nspname = %s", (search_path,))}
+        assert not constraints & {"uq_audit_prev_hash", "uq_audit_entry_hash"}
+        assert {"uq_audit_run_seq", "uq_audit_event_id"} <= constraints
+        indexdef = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = 'ix_audit_model_time'",
+            (search_path,),
+        ).fetchone()[0]
+        assert "WHERE (model_id IS NOT NULL)" in indexdef
+        seq, entry_hash = conn.execute("SELECT seq, entry_hash FROM audit_event ORDER BY seq DESC LIMIT 1").fetchone()
+        parent = conn.execute("SELECT entry_hash FROM audit_event WHERE seq = %s", (seq - 1,)).fetchone()[0]
+        columns = "seq, ledger_id, prev_hash, entry_hash, hash_alg, schema_version, event_id, event_type, occurred_at, recorded_at, actor_type, actor_id"
+        fork = "SELECT %s, ledger_id, %s, %s, hash_alg, schema_version, %s, event_type, occurred_at, recorded_at, actor_type, actor_id FROM audit_event WHERE seq = %s"
+        with pytest.raises(psycopg.errors.RaiseException, match="a fork refused"):
+            conn.execute(f"INSERT INTO audit_event ({columns}) {fork}", (seq + 1, parent, "f" * 64, "forged", seq))
+        with pytest.raises(psycopg.errors.RaiseException, match="must take the next seq"):
+            conn.execute(f"INSERT INTO audit_event ({columns}) {fork}", (seq + 2, entry_hash, "f" * 64, "forged", seq))
