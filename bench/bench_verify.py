@@ -30,6 +30,8 @@ from sqlalchemy import insert, update
 
 from statecraft._time import format_utc
 from statecraft.audit.chain import append_event
+from statecraft.store.blobs import insert_blob
+from statecraft.store.txn import tx_of
 from statecraft.audit.verify import verify_ledger
 from statecraft.store.db import Database
 from statecraft.store.tables import RunRow
@@ -78,6 +80,14 @@ def _event(run_id: str, run_seq: int, at: datetime) -> tuple[dict[str, Any], dic
     return fields, payload
 
 
+def _bodies(run_id: str, run_seq: int, fields: dict[str, Any]) -> list[str]:
+    """The texts whose SHA-256 are the event's ``state_sha256``, ``input_sha256``, ``output_sha256``."""
+    texts = [f"{run_id}:{run_seq}"]
+    if "input_sha256" in fields:
+        texts += [f"in:{run_id}:{run_seq}", f"out:{run_id}:{run_seq}"]
+    return texts
+
+
 def build(db: Database, events: int, batch: int) -> float:
     """Append ``events`` events after the genesis; return the append rate (events/s)."""
     t0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -85,6 +95,8 @@ def build(db: Database, events: int, batch: int) -> float:
     written = 0
     next_run = 0
     active: list[list[Any]] = []  # [run_id, run_seq_done]
+    usage: dict[str, list[int]] = {}  # run_id -> [tokens_in, tokens_out, cost_micros] so far
+    created: dict[str, str] = {}  # run_id -> its first event's time, until its row is inserted
     while written < events:
         with db.write() as conn:
             changed: dict[str, dict[str, Any]] = {}
@@ -98,13 +110,24 @@ def build(db: Database, events: int, batch: int) -> float:
                 run_id, run_seq = slot
                 fields, payload = _event(run_id, run_seq, t0 + timedelta(milliseconds=written))
                 row = append_event(conn, ledger_id=db.ledger_id, fields=fields, payload=payload)
+                # Every hash an event names is a stored body (verify checks that by default).
+                tx = tx_of(conn)
+                for text in _bodies(run_id, run_seq, fields):
+                    insert_blob(tx, _sha(text), text.encode(), created_at=fields["occurred_at"])
                 if run_seq == 1:
                     new.add(run_id)
+                # The run row folds the ledger (verify checks it): usage totals too.
+                totals = usage.setdefault(run_id, [0, 0, 0])
+                for i, column in enumerate(("tokens_in", "tokens_out", "cost_micros")):
+                    totals[i] += fields.get(column) or 0
                 changed[run_id] = {
                     "status": fields["to_status"], "step": fields["to_step"],
                     "state_sha256": fields["state_sha256"], "run_seq": run_seq,
                     "updated_at": fields["occurred_at"], "last_event_id": row["event_id"],
+                    "tokens_in": totals[0], "tokens_out": totals[1], "cost_micros": totals[2],
                 }
+                if run_seq == 1:
+                    created[run_id] = fields["occurred_at"]
                 if run_seq == EVENTS_PER_RUN:
                     active.remove(slot)
                 written += 1
@@ -113,7 +136,7 @@ def build(db: Database, events: int, batch: int) -> float:
                     conn.execute(insert(_RUNS), {
                         "run_id": run_id, "machine_name": "bench", "machine_version": "1",
                         "machine_digest": _sha("bench:1"), "task_sha256": _sha(run_id),
-                        "created_at": values["updated_at"], "started_by": "svc:bench", **values,
+                        "created_at": created.pop(run_id), "started_by": "svc:bench", **values,
                     })
                 else:
                     conn.execute(update(_RUNS).where(_RUNS.c.run_id == run_id), values)
