@@ -30,11 +30,11 @@ from sqlalchemy import insert, update
 
 from statecraft._time import format_utc
 from statecraft.audit.chain import append_event
-from statecraft.store.blobs import insert_blob
-from statecraft.store.txn import tx_of
 from statecraft.audit.verify import verify_ledger
+from statecraft.store.blobs import insert_blob
 from statecraft.store.db import Database
 from statecraft.store.tables import RunRow
+from statecraft.store.txn import tx_of
 
 EVENTS_PER_RUN = 10
 CONCURRENT_RUNS = 20
