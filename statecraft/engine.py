@@ -72,7 +72,9 @@ from .proposals import proposal_digest
 from .store.blobs import blob_json, get_blob, put_blob
 from .store.db import Database, Synchronous
 from .store.ledger import AuditRecord, event_rows, first_payload
-from .store.runs import RunRecord, gate_approvers, gate_request, insert_run, list_run_ids, load_run, run_ids_with_prefix
+from .store.runs import (
+    RunRecord, gate_approvers, gate_request, insert_run, list_run_ids, load_run, run_ids_with_prefix, take_lease,
+)
 from .store.txn import Tx, read_tx, tx_of, write_tx
 from .transition import KEEP, write_transition
 from .views import AuditEvent, PendingApproval, RunInfo, StepReport
@@ -356,7 +358,7 @@ class Engine:
                 inline stopped on an error not about the run (its ``run``
                 attribute is the committed run).
         """
-        info = self._create(machine, input, by, actor_type, ref, parent_run_id, start=True)
+        info = self._create(machine, input, by, actor_type, ref, parent_run_id, start=True, lease=advance)
         return self._continue(info.run_id, on_event) if advance else info
 
     def _create(
@@ -369,6 +371,7 @@ class Engine:
         parent_run_id: str | None,
         *,
         start: bool,
+        lease: bool = False,
     ) -> RunInfo:
         by, identity = self._who(by, None)
         if isinstance(input, BaseModel):
@@ -413,6 +416,16 @@ class Engine:
                 run = self._load_row(conn, run_id)
                 self._operator_transition(
                     conn, run, Trigger.START, "run.started", by, actor_type, now, identity=identity
+                )
+            if lease:
+                # This engine advances the run next: its lease is taken here, in
+                # the request's own transaction, rather than by a transaction of
+                # its own (one commit and one fsync less per started run; issue
+                # #11). Only if free: a worker that got it first keeps it.
+                started = self._load_row(conn, run_id)
+                take_lease(
+                    tx_of(conn), run_id, owner=self.owner, expires_at=format_utc(self._clock() + self.lease),
+                    run_seq=started["run_seq"], holder=None,
                 )
             return self._info(conn, run_id)
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from statecraft import Engine, Finish, Goto, LeaseHeld, Machine, RunStatus, Step
-from statecraft.store.txn import write_tx
+from statecraft.store.txn import read_on_writer, write_tx
 from tests.support.reliability import Counter, FakeClock, assert_ledger_ok, event_types
 
 
@@ -268,3 +268,65 @@ def test_a_step_outcome_commits_only_under_the_lease_even_when_the_run_did_not_m
         completed = [e for e in second.events(run.run_id) if e.event_type == "step.completed"]
         assert len(completed) == 1
         assert_ledger_ok(second)
+
+
+def _writing_commits(engine: Engine, action: Any) -> int:
+    """How many transactions on the engine's writer connection changed a row while ``action()`` ran.
+
+    A transaction that changed nothing commits without writing the WAL (no
+    fsync); each one that changed a row costs a commit on disk.
+    """
+    raw = read_on_writer(engine.db, lambda tx: tx.raw)
+    assert raw is not None
+    marks: list[int] = []
+    commits = 0
+
+    def trace(sql: str) -> None:
+        nonlocal commits
+        if sql.startswith("BEGIN"):
+            marks.append(raw.total_changes)
+        elif sql == "COMMIT" and marks:
+            commits += raw.total_changes != marks.pop()
+
+    raw.set_trace_callback(trace)
+    try:
+        action()
+    finally:
+        raw.set_trace_callback(None)
+    return commits
+
+
+def test_start_takes_the_lease_in_the_runs_own_transaction(db_path: Path) -> None:
+    # Issue #11: created, started and leased in one commit, then one commit per
+    # step; taking the lease by a transaction of its own cost an fsync per run.
+    one_step = Machine("one", "1", Counter, [Step("count", lambda s, c: Finish(update={"n": s.n + 1}), writes=["n"], may_finish=True)])
+    with Engine(db_path) as engine:
+        runs: list[Any] = []
+        commits = _writing_commits(engine, lambda: runs.append(engine.start(one_step, {"n": 1})))
+        assert runs[0].status is RunStatus.DONE and runs[0].state["n"] == 2
+        assert commits == 2  # run.created + run.started + the lease; run.completed
+        assert runs[0].lease_owner is None  # a finished run holds no lease
+        # Without advancing, start takes no lease: a worker may have the run at once.
+        idle = engine.start(one_step, {"n": 1}, advance=False)
+        assert idle.status is RunStatus.RUNNING and idle.lease_owner is None
+        assert_ledger_ok(engine)
+
+
+def test_a_lease_of_its_own_with_under_half_its_term_left_is_renewed_before_the_step(db_path: Path) -> None:
+    clock = FakeClock()
+    seen: list[str | None] = []
+
+    def look(state: Counter, ctx: Any) -> Finish:
+        seen.append(engine.get(ctx.run_id).lease_expires_at)
+        return Finish()
+
+    machine = Machine("look", "1", Counter, [Step("look", look, may_finish=True)])
+    with Engine(db_path, clock=clock, lease=timedelta(seconds=60)) as engine:
+        run_id = engine.start(machine, {}, advance=False).run_id
+        with write_tx(engine.db) as tx:  # this engine's lease, 20 of its 60 s left
+            tx.run(
+                "UPDATE run SET lease_owner = :me, lease_expires_at = '2026-01-01T00:00:20.000000Z' WHERE run_id = :r",
+                {"me": engine.owner, "r": run_id},
+            )
+        assert engine.advance(run_id).status is RunStatus.DONE
+    assert seen == ["2026-01-01T00:01:00.000000Z"]  # renewed to a full term before the agent ran
