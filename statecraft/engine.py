@@ -382,7 +382,8 @@ class Engine:
             state = machine.initial_state(task)
         self.register(machine)
         run_id = self._new_id()
-        now = self._now()
+        now_dt = self._clock()
+        now = format_utc(now_dt)
         task_body = blob_json(task)
         state_body = blob_json(state.model_dump(mode="json"))
         machine_ref = None
@@ -424,7 +425,7 @@ class Engine:
                 # #11). Only if free: a worker that got it first keeps it.
                 started = self._load_row(conn, run_id)
                 take_lease(
-                    tx_of(conn), run_id, owner=self.owner, expires_at=format_utc(self._clock() + self.lease),
+                    tx_of(conn), run_id, owner=self.owner, expires_at=format_utc(now_dt + self.lease),
                     run_seq=started["run_seq"], holder=None,
                 )
             return self._info(conn, run_id)
