@@ -382,8 +382,7 @@ class Engine:
             state = machine.initial_state(task)
         self.register(machine)
         run_id = self._new_id()
-        now_dt = self._clock()
-        now = format_utc(now_dt)
+        now = self._now()
         task_body = blob_json(task)
         state_body = blob_json(state.model_dump(mode="json"))
         machine_ref = None
@@ -419,15 +418,7 @@ class Engine:
                     conn, run, Trigger.START, "run.started", by, actor_type, now, identity=identity
                 )
             if lease:
-                # This engine advances the run next: its lease is taken here, in
-                # the request's own transaction, rather than by a transaction of
-                # its own (one commit and one fsync less per started run; issue
-                # #11). Only if free: a worker that got it first keeps it.
-                started = self._load_row(conn, run_id)
-                take_lease(
-                    tx_of(conn), run_id, owner=self.owner, expires_at=format_utc(now_dt + self.lease),
-                    run_seq=started["run_seq"], holder=None,
-                )
+                self._lease_to_advance(conn, run_id, now)
             return self._info(conn, run_id)
 
     def start_created(
@@ -458,6 +449,8 @@ class Engine:
             self._operator_transition(
                 conn, run, Trigger.START, "run.started", by, actor_type, now, identity=identity
             )
+            if advance:
+                self._lease_to_advance(conn, run_id, now)
         return self._continue(run_id, on_event) if advance else self.get(run_id)
 
     def _machine_checked(self, run_id: str, trigger: Trigger) -> Machine[Any]:
@@ -635,6 +628,8 @@ class Engine:
             )
             if not reached:
                 return self._info(conn, run_id)
+            if advance:
+                self._lease_to_advance(conn, run_id, now)
         return self._continue(run_id, on_event) if advance else self.get(run_id)
 
     def _check_signature(
@@ -831,6 +826,8 @@ class Engine:
             self._operator_transition(
                 conn, run, Trigger.RETRY, "run.retried", by, "human", now, reason=reason, identity=identity
             )
+            if advance:
+                self._lease_to_advance(conn, run_id, now)
         return self._continue(run_id, on_event) if advance else self.get(run_id)
 
     # -- reading ------------------------------------------------------------------
@@ -1100,6 +1097,22 @@ class Engine:
             extra={"decision": str(trigger), "outcome": "success", "reason": reason},
             payload={"identity": identity.describe()}, clear_error=True,
         )
+
+    def _lease_to_advance(self, conn: Connection | Tx, run_id: str, now: str) -> None:
+        """Take the run's lease inside a request's transaction when this engine advances the run next.
+
+        Rather than by a transaction of its own when ``advance`` begins: one
+        commit (one fsync) less per request that advances inline (issue #11;
+        ``Runner._take`` then finds the lease its own and writes nothing).
+        Only if the run is RUNNING and the lease free: a worker that got it
+        first keeps it, and the request returns the run in its hands.
+        """
+        run = self._load_row(conn, run_id)
+        if run["status"] == RunStatus.RUNNING and run["lease_owner"] is None:
+            take_lease(
+                tx_of(conn), run_id, owner=self.owner, expires_at=format_utc(parse_utc(now) + self.lease),
+                run_seq=run["run_seq"], holder=None,
+            )
 
     @contextmanager
     def _writing(self) -> Iterator[Tx]:

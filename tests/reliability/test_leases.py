@@ -312,6 +312,33 @@ def test_start_takes_the_lease_in_the_runs_own_transaction(db_path: Path) -> Non
         assert_ledger_ok(engine)
 
 
+def test_approve_retry_and_start_created_take_the_lease_in_their_own_transaction(db_path: Path) -> None:
+    from statecraft import RequestApproval
+
+    def ask(state: Counter, ctx: Any) -> object:
+        return RequestApproval("continue?", resume_at="finish")
+
+    gated = Machine("gated_lease", "1", Counter, steps=[
+        Step("ask", ask, next=["finish"]),
+        Step("finish", lambda s, c: Finish(update={"n": 1}), may_finish=True, writes=["n"]),
+    ])
+    one_step = Machine("one_b", "1", Counter, [Step("count", lambda s, c: Finish(update={"n": s.n + 1}), writes=["n"], may_finish=True)])
+    with Engine(db_path) as engine:
+        waiting = engine.start(gated, {}).run_id
+        rejected = engine.start(gated, {}).run_id
+        engine.reject(rejected, by="bob@example.com", reason="not yet")
+        idle = engine.create(one_step, {}).run_id
+        done: list[Any] = []
+        # Each: the request's event and the lease in one commit, then the step that finishes.
+        assert _writing_commits(engine, lambda: done.append(engine.approve(waiting, by="alice@example.com"))) == 2
+        assert _writing_commits(engine, lambda: done.append(engine.start_created(idle))) == 2
+        # A retry re-runs the gate step, which asks again: one commit for the retry and its lease, one for the ask.
+        assert _writing_commits(engine, lambda: done.append(engine.retry(rejected, by="ops@example.com"))) == 2
+        assert [r.status for r in done] == [RunStatus.DONE, RunStatus.DONE, RunStatus.WAITING_FOR_APPROVAL]
+        assert all(r.lease_owner is None for r in done)
+        assert_ledger_ok(engine)
+
+
 def test_a_lease_of_its_own_with_under_half_its_term_left_is_renewed_before_the_step(db_path: Path) -> None:
     clock = FakeClock()
     seen: list[str | None] = []
