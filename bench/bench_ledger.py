@@ -283,8 +283,13 @@ def query_params(conn: sqlite3.Connection, days: float = 1) -> dict[str, Any]:
     run_id = conn.execute(
         "SELECT run_id FROM audit_event WHERE event_type = 'approval.granted' AND occurred_at >= ? "
         "ORDER BY occurred_at LIMIT 1", (mid,)).fetchone()[0]
+    # q10 compares the versions of one agent's calls (agent.called events).
+    called = conn.execute(
+        "SELECT agent_name FROM audit_event WHERE event_type = 'agent.called' AND occurred_at >= ? "
+        "ORDER BY event_type, occurred_at LIMIT 1", (mid,)).fetchone()
     return {
         "run_id": run_id,
+        "agent_name": called[0] if called else "none",
         "actor_id": PEOPLE[7],
         "model_id": MODELS[2][1],
         "prompt_version": PROMPTS[3],
