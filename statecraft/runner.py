@@ -361,17 +361,16 @@ class StepRunner:
             gone = holder not in (None, me) and self.trust_local_pids and owner_is_gone(holder)
             if holder not in (None, me) and until is not None and until > now and not gone:
                 raise LeaseHeld(run_id, holder, until)
-            if holder == me and until is not None and until > format_utc(now_dt + self.host.lease / 2):
-                # Already ours with over half its term left (Engine.start takes
-                # it in the run's own transaction): nothing to write, so this
-                # transaction commits without an fsync; the keeper renews it.
-                pass
-            # Conditional on what was read, so the lease changes hands only from
-            # the holder this decision was about (we also hold the write lock).
-            elif take_lease(tx, run_id, owner=me, expires_at=expires, run_seq=run["run_seq"], holder=holder):
+            # Already ours with over half its term left (a request took it in its
+            # own transaction: Engine._lease_to_advance): nothing to write, so
+            # this transaction commits without an fsync; the keeper renews it.
+            ours = holder == me and until is not None and until > format_utc(now_dt + self.host.lease / 2)
+            if not ours:
+                # Conditional on what was read, so the lease changes hands only from
+                # the holder this decision was about (we also hold the write lock).
+                if not take_lease(tx, run_id, owner=me, expires_at=expires, run_seq=run["run_seq"], holder=holder):
+                    raise LeaseHeld(run_id, str(holder), str(until))
                 run.update({"lease_owner": me, "lease_expires_at": expires})
-            else:
-                raise LeaseHeld(run_id, str(holder), str(until))
             if holder not in (None, me):
                 why = "its process is gone" if gone else f"it expired at {until}"
                 run = write_transition(

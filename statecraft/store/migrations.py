@@ -82,9 +82,6 @@ def _model_controls(conn: Connection) -> None:
         table.__table__.create(conn, checkfirst=True)  # type: ignore[union-attr]
 
 
-_OLD_INDEXES: Final = ("ix_audit_actor_time", "ix_audit_time", "ix_audit_type_time", "ix_audit_model_time")
-
-
 def _leaner_ledger(conn: Connection) -> None:
     """Schema 4: fewer B-trees touched per event (issue #11, bench/README.md "hot path").
 
@@ -126,8 +123,8 @@ def _leaner_ledger(conn: Connection) -> None:
         "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name IN ('audit_event', 'blob')"
     )]:
         conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
-    for index in _OLD_INDEXES:
-        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index}")
+    for index in audit.indexes:  # the old table's carry the same names
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
     for table, order in ((audit, "seq"), (blob, "sha256")):
         old = f"_statecraft_old_{table.name}"
         conn.exec_driver_sql(f"ALTER TABLE {table.name} RENAME TO {old}")

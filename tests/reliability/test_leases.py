@@ -16,7 +16,7 @@ import pytest
 
 from statecraft import Engine, Finish, Goto, LeaseHeld, Machine, RunStatus, Step
 from statecraft.store.txn import read_on_writer, write_tx
-from tests.support.reliability import Counter, FakeClock, assert_ledger_ok, event_types
+from tests.support.reliability import Counter, FakeClock, assert_ledger_ok, chain, event_types, finish
 
 
 class Gate:
@@ -357,3 +357,38 @@ def test_a_lease_of_its_own_with_under_half_its_term_left_is_renewed_before_the_
             )
         assert engine.advance(run_id).status is RunStatus.DONE
     assert seen == ["2026-01-01T00:01:00.000000Z"]  # renewed to a full term before the agent ran
+
+
+_STARTS_THEN_DIES = """
+import os, signal, sys
+from statecraft import Engine
+from statecraft.runner import StepRunner
+from tests.support.reliability import chain, finish
+
+def die(self, run_id):  # after start's commit, before advancing takes a step
+    os.kill(os.getpid(), signal.SIGKILL)
+
+StepRunner.begin = die
+Engine(sys.argv[1]).start(chain(finish), {"n": 41})
+"""
+
+
+def test_a_run_whose_starter_is_killed_right_after_committing_it_is_taken_over_at_once(db_path: Path) -> None:
+    # The one new window of taking the lease in start's transaction: kill -9
+    # between that commit and the first step. The run is RUNNING under a dead
+    # process's lease; a worker on this host must not wait out its 60 s.
+    died = subprocess.run(
+        [sys.executable, "-c", _STARTS_THEN_DIES, str(db_path)], cwd=Path(__file__).resolve().parents[2],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert died.returncode == -9, died.stderr
+    with Engine(db_path, machines=[chain(finish)]) as engine:
+        [left] = engine.list()
+        assert left.status is RunStatus.RUNNING and left.lease_owner is not None
+        assert left.lease_owner != engine.owner
+        started = time.monotonic()
+        done = engine.advance(left.run_id)
+        assert time.monotonic() - started < 10  # not the lease's 60 s
+        assert done.status is RunStatus.DONE and done.state["n"] == 41
+        assert "lease.taken_over" in event_types(engine, left.run_id)
+        assert_ledger_ok(engine)
