@@ -11,7 +11,8 @@ ensure_ascii=False)``: same key order, same string escapes (only ``"``, ``\\``
 and U+0000..U+001F, lower-case hex), same integers. That path is ~20x faster
 than the pure-Python ``rfc8785`` package; anything outside that domain goes to
 ``rfc8785`` itself, and a Hypothesis test (tests/audit/test_canonical.py)
-proves both agree.
+proves both agree. Blob bodies may hold floats; the common ones (not whole,
+not in exponent form) take the fast path too (:func:`in_fast_domain`).
 """
 
 from __future__ import annotations
@@ -34,8 +35,17 @@ _MAX_SAFE_INT: Final = MAX_SAFE_INT
 _JSON_SORTED: Final = sorted_json
 
 
-def in_fast_domain(value: Any) -> bool:
-    """Whether ``value`` is inside the domain where :data:`sorted_json` equals RFC 8785."""
+def in_fast_domain(value: Any, floats: bool = False) -> bool:
+    """Whether ``value`` is inside the domain where :data:`sorted_json` equals RFC 8785.
+
+    With ``floats`` (blob bodies, :func:`statecraft.store.blobs.blob_json`),
+    also floats that are not whole numbers with 1e-4 <= |f| < 1e16:
+    there Python's ``repr`` (what ``json`` writes) is positional and
+    shortest-round-trip, which is ECMAScript's ``Number::toString`` and so
+    RFC 8785 section 3.2.2.3, character for character. A whole float
+    (``1.0``: JCS writes ``1``), an exponent form, NaN and infinities stay
+    outside (tests/audit/test_canonical.py compares both with Hypothesis).
+    """
     if type(value) is dict:
         # Hot path (every append hashes a flat envelope): exact types first,
         # the general rule below for anything else; same verdicts either way.
@@ -44,19 +54,21 @@ def in_fast_domain(value: Any) -> bool:
                 return False
             if v is None or type(v) is str or (type(v) is int and -_MAX_SAFE_INT <= v <= _MAX_SAFE_INT):
                 continue
-            if not in_fast_domain(v):
+            if not in_fast_domain(v, floats):
                 return False
         return True
     if value is None or isinstance(value, (str, bool)):
         return True
     if isinstance(value, int):
         return -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
+    if type(value) is float:
+        return floats and not value.is_integer() and 1e-4 <= abs(value) < 1e16
     if isinstance(value, Mapping):
         return all(
-            isinstance(k, str) and k.isascii() and in_fast_domain(v) for k, v in value.items()
+            isinstance(k, str) and k.isascii() and in_fast_domain(v, floats) for k, v in value.items()
         )
     if isinstance(value, (list, tuple)):
-        return all(in_fast_domain(v) for v in value)
+        return all(in_fast_domain(v, floats) for v in value)
     return False
 
 

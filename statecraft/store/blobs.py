@@ -30,7 +30,7 @@ def blob_json(value: Any) -> bytes:
     Blob bodies are hashed, not chained, so floats are permitted here (JCS
     defines their form); the audit envelope only holds the resulting hash.
     """
-    if in_fast_domain(value):
+    if in_fast_domain(value, floats=True):
         return sorted_json(value).encode()
     return rfc8785.dumps(value)
 

@@ -29,6 +29,8 @@ from statecraft.audit.verify import (
     _entry_hash_sorted,
     _sqlite_renders_jcs,
 )
+from statecraft.canonical import in_fast_domain
+from statecraft.store.blobs import blob_json
 from statecraft.store.tables import AuditEventRow
 
 SAFE = 2**53 - 1
@@ -131,6 +133,61 @@ def test_floats_raise_type_error_rather_than_being_serialised() -> None:
         canonical_json({"cost": 0.01})
     with pytest.raises(TypeError):
         compute_entry_hash({"tokens_in": 1.0})
+
+
+# Blob bodies may hold floats (a model's score, a temperature): blob_json's
+# fast path takes the common ones, and must write exactly what rfc8785 writes,
+# or every stored body's address would change with the path taken.
+any_float = st.floats(allow_nan=True, allow_infinity=True)
+blob_values = st.recursive(
+    st.one_of(scalars, any_float, st.floats(min_value=-1e17, max_value=1e17), st.floats(-1e-3, 1e-3)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=5),
+        st.dictionaries(tricky_text, children, max_size=5),
+    ),
+    max_leaves=25,
+)
+
+
+def _rfc8785_or_error(value: Any) -> bytes | type[BaseException]:
+    try:
+        return rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, ValueError, TypeError) as exc:
+        return type(exc)
+
+
+@settings(max_examples=600)
+@given(blob_values)
+def test_blob_json_equals_rfc8785_for_values_with_floats(value: Any) -> None:
+    expected = _rfc8785_or_error(value)
+    if isinstance(expected, bytes):
+        assert blob_json(value) == expected
+    else:
+        with pytest.raises(expected):
+            blob_json(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0.1, -0.5, 0.87, 1e-4, -1e-4, 0.00010000000000000002, 9.999999999999999e-05,
+        9007199254740991.5 - 0.5, 4503599627370495.5, 1e16 - 2, 9999999999999998.0, 1e16, 1e21, 1e22,
+        1.0, -1.0, 0.0, -0.0, 5e-324, 1.7976931348623157e308, 123456789.125, 2.5e-7,
+        {"score": 0.93, "n": [1.0, 2.5, 1e-7]},
+    ],
+)
+def test_blob_json_agrees_with_rfc8785_at_the_edges_of_the_fast_path(value: Any) -> None:
+    assert blob_json(value) == rfc8785.dumps(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "fast"),
+    [(0.5, True), (1e-4, True), (9.999999999999999e-05, False), (4503599627370495.5, True),
+     (1.0, False), (1e16, False), (float("inf"), False), (float("nan"), False), (-0.0, False)],
+)
+def test_the_fast_path_takes_floats_only_with_floats_and_only_where_repr_is_jcs(value: float, fast: bool) -> None:
+    assert in_fast_domain({"x": value}, floats=True) is fast
+    assert in_fast_domain({"x": value}) is False  # the ledger's envelopes never hold a float
 
 
 # -- verify's fast entry hash ----------------------------------------------------------
