@@ -43,6 +43,7 @@ import contextvars
 import inspect
 import json
 import os
+import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -62,6 +63,7 @@ T = TypeVar("T")
 __all__ = [
     "Attempt",
     "CallState",
+    "DaemonThreads",
     "TimedCall",
     "AttemptAbandoned",
     "EffectLog",
@@ -136,7 +138,8 @@ class TimedCall:
 
     - on a **daemon thread** when ``fn`` is a plain callable (Python cannot kill
       a thread, so an abandoned one may run on; daemon, so it cannot keep
-      the process alive), or
+      the process alive); a thread whose call ended is reused for the next
+      call (:class:`DaemonThreads`), or
     - as a **task on an event loop** when ``fn`` is a coroutine function: the
       process's :func:`event_loop`, or ``loop`` when given (an
       ``AsyncEngine`` on its service's loop). Abandoning it *cancels* it
@@ -217,9 +220,7 @@ class TimedCall:
             if is_async_callable(self._fn):
                 self._future = self._start_task()
                 return
-        threading.Thread(
-            target=self._context.run, args=(self._run_inline,), name=self._name, daemon=True
-        ).start()
+        _THREADS.run(self._run_in_context, self._name)
 
     def _start_task(self) -> concurrent.futures.Future[Any] | asyncio.Future[Any]:
         async def body() -> None:
@@ -239,6 +240,9 @@ class TimedCall:
         if self._loop is None:
             return submit(body(), self._context)
         return self._loop.create_task(body(), context=self._context)
+
+    def _run_in_context(self) -> None:
+        self._context.run(self._run_inline)
 
     def _run_inline(self) -> None:
         try:
@@ -435,6 +439,78 @@ def _ended_attempt(outcome: object, error: BaseException | None, latency_ms: int
 def is_async_callable(fn: object) -> bool:
     """Whether calling ``fn`` gives a coroutine: an ``async def`` function, or an object whose ``__call__`` is one."""
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+class DaemonThreads:
+    """Reusable daemon threads for plain callables that may never return (a :class:`TimedCall`'s agent or branch).
+
+    Starting a thread costs ~0.1 ms here (``bench/bench_fanout.py``), paid
+    in series by a fan-out's step thread before its last branch starts. So
+    a thread whose call ended waits (idle) for the next call, for up to
+    ``idle_s`` seconds, instead of exiting; :meth:`run` hands a call to an
+    idle thread, or starts a new one when none is idle.
+
+    Unlike ``concurrent.futures.ThreadPoolExecutor``: the threads are
+    **daemon** (the interpreter does not join them at exit, so a hung agent
+    cannot keep the process alive), and there is **no cap** (a call that
+    never returns holds only its own thread; the next call gets another).
+    At most ``max_idle`` threads wait at once; a thread that ends a call
+    beyond that exits. A call that raises ends its thread, as a bare thread
+    would. In a forked child the parent's idle threads do not exist: the
+    list is reset at fork (``os.register_at_fork``).
+
+    Args:
+        idle_s: seconds an idle thread waits for a call before it exits.
+        max_idle: at most this many idle threads are kept.
+    """
+
+    def __init__(self, idle_s: float = 10.0, max_idle: int = 16) -> None:
+        self._idle_s = idle_s
+        self._max_idle = max_idle
+        self._guard = threading.Lock()
+        self._idle: list[queue.SimpleQueue[tuple[Callable[[], object], str]]] = []  # a stack: the warmest first
+
+    def run(self, fn: Callable[[], object], name: str) -> None:
+        """Call ``fn()`` on an idle thread, or on a new daemon thread named ``name``; returns at once.
+
+        The thread carries ``name`` while ``fn`` runs (thread dumps, logs).
+        """
+        with self._guard:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is not None:
+            inbox.put((fn, name))
+            return
+        inbox = queue.SimpleQueue()
+        inbox.put((fn, name))
+        threading.Thread(target=self._serve, args=(inbox,), name=name, daemon=True).start()
+
+    def _serve(self, inbox: queue.SimpleQueue[tuple[Callable[[], object], str]]) -> None:
+        me = threading.current_thread()
+        fn, me.name = inbox.get()
+        while True:
+            fn()
+            del fn  # drop the call (and what it holds) while idle
+            me.name = "statecraft-idle"
+            with self._guard:
+                if len(self._idle) >= self._max_idle:
+                    return
+                self._idle.append(inbox)
+            try:
+                fn, me.name = inbox.get(timeout=self._idle_s)
+            except queue.Empty:
+                with self._guard:
+                    if inbox in self._idle:  # nobody took this thread while it timed out: leave
+                        self._idle.remove(inbox)
+                        return
+                fn, me.name = inbox.get()  # taken at the same moment: its call is on the way
+
+    def _after_fork_in_child(self) -> None:
+        self._guard = threading.Lock()
+        self._idle = []
+
+
+_THREADS = DaemonThreads()
+os.register_at_fork(after_in_child=_THREADS._after_fork_in_child)
 
 
 _LOOP: asyncio.AbstractEventLoop | None = None

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -21,7 +24,7 @@ from typing import Any
 import pytest
 
 from statecraft import Engine, Finish, Machine, RetryPolicy, RunStatus, Step
-from statecraft.execution import TimedCall, attempt_async, run_attempt
+from statecraft.execution import DaemonThreads, TimedCall, attempt_async, run_attempt
 from statecraft.patterns import BranchCall, run_parallel
 from tests.support.reliability import Counter
 
@@ -255,8 +258,9 @@ def test_run_attempt_and_attempt_async_give_the_same_verdict_for_the_same_timeou
 
 def test_no_agent_or_branch_thread_is_started_outside_timed_call() -> None:
     # The one implementation: execution.py's step attempt and parallel.py's
-    # branches start threads only through TimedCall (and the event loop's own).
-    allowed = {"statecraft/execution.py": {"TimedCall", "_start_loop"}, "statecraft/patterns/parallel.py": set()}
+    # branches start threads only through TimedCall, whose threads come from
+    # DaemonThreads (and the event loop's own).
+    allowed = {"statecraft/execution.py": {"DaemonThreads", "_start_loop"}, "statecraft/patterns/parallel.py": set()}
     for rel, may in allowed.items():
         tree = ast.parse((ROOT / rel).read_text())
         starters = {
@@ -267,3 +271,117 @@ def test_no_agent_or_branch_thread_is_started_outside_timed_call() -> None:
             if isinstance(node, ast.Call) and ast.unparse(node.func) in ("threading.Thread", "Thread")
         }
         assert starters <= may, f"{rel} starts threads in {starters - may}: use TimedCall"
+
+
+# -- the reused daemon threads under every plain call (DaemonThreads) ----------------------
+
+
+def _on(pool: DaemonThreads, fn: Any, name: str = "statecraft-test") -> threading.Event:
+    done = threading.Event()
+
+    def call() -> None:
+        fn()
+        done.set()
+
+    pool.run(call, name)
+    return done
+
+
+def test_a_thread_whose_call_ended_takes_the_next_call_and_carries_its_name() -> None:
+    pool = DaemonThreads(idle_s=5.0)
+    seen: list[tuple[int, str, bool]] = []
+
+    def note() -> None:
+        me = threading.current_thread()
+        seen.append((me.ident or 0, me.name, me.daemon))
+
+    assert _on(pool, note, "first").wait(5)
+    time.sleep(0.05)  # the thread is back in the idle list
+    assert _on(pool, note, "second").wait(5)
+    assert seen[0][0] == seen[1][0], "the idle thread was not reused"
+    assert [(name, daemon) for _, name, daemon in seen] == [("first", True), ("second", True)]
+
+
+def test_a_call_that_never_returns_holds_only_its_own_thread() -> None:
+    pool = DaemonThreads(idle_s=5.0)
+    release = threading.Event()
+    try:
+        hung = _on(pool, release.wait)
+        others = [_on(pool, lambda: None) for _ in range(20)]  # no cap: none waits for the hung one
+        assert all(done.wait(5) for done in others)
+        assert not hung.is_set()
+    finally:
+        release.set()
+
+
+def test_idle_threads_leave_after_idle_s_and_beyond_max_idle_at_once() -> None:
+    pool = DaemonThreads(idle_s=0.2, max_idle=2)
+    threads: list[threading.Thread] = []
+    lock = threading.Lock()
+    gate = threading.Barrier(5)
+
+    def hold() -> None:
+        with lock:
+            threads.append(threading.current_thread())
+        gate.wait(5)  # five calls at once: five threads
+
+    assert all(done.wait(5) for done in [_on(pool, hold) for _ in range(5)])
+    deadline = time.monotonic() + 5
+    while sum(t.is_alive() for t in threads) > 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sum(t.is_alive() for t in threads) == 2, "more idle threads kept than max_idle"
+    for t in threads:
+        t.join(5)
+    assert not any(t.is_alive() for t in threads), "an idle thread outlived idle_s"
+
+
+def test_a_call_handed_over_as_its_idle_thread_times_out_still_runs() -> None:
+    # The race in _serve: the idle wait times out while run() pops the same
+    # thread; the call must run (on that thread), never be lost.
+    for _ in range(200):
+        pool = DaemonThreads(idle_s=0.001)
+        assert _on(pool, lambda: None).wait(5)
+        time.sleep(0.001)
+        assert _on(pool, lambda: None).wait(5), "a call handed to a leaving thread was lost"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_hand_calls_to_its_parents_idle_threads() -> None:
+    # Real processes: the parent leaves idle threads in the shared pool, then
+    # a child forked from it runs a TimedCall; the parent's threads do not
+    # exist in the child, so a call handed to one would hang forever.
+    code = """
+import os, sys, threading
+from statecraft.execution import TimedCall
+calls = [TimedCall(lambda: 1) for _ in range(4)]
+for c in calls:
+    c.start()
+assert all(c.wait(threading.Event()) is None for c in calls)
+pid = os.fork()
+if pid == 0:
+    call = TimedCall(lambda: 7)
+    call.start()
+    ok = call.finished.wait(5) and call.value == 7
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_process_whose_agent_never_returns_still_exits() -> None:
+    # Daemon threads, reused or not: a hung agent abandoned at its timeout
+    # cannot keep the interpreter alive at exit (a real subprocess).
+    code = """
+import threading, time
+from statecraft.execution import TimedCall
+call = TimedCall(time.sleep, (3600,), timeout_s=0.05)
+call.start()
+assert call.wait(threading.Event()) == "timeout"
+print("abandoned")
+"""
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "abandoned", out.stderr
+    assert time.monotonic() - started < 30

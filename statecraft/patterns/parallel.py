@@ -41,7 +41,9 @@ next ``await``), so async branches do not run on in the background.
 Daemon threads (rather than a ``concurrent.futures.ThreadPoolExecutor``,
 whose threads the interpreter joins at exit, and which cannot replace a stuck
 thread) keep one hung branch from hanging the process, e.g. the CLI, after
-the step has committed.
+the step has committed. They are reused (``statecraft.execution.DaemonThreads``):
+a branch's thread, once its call ends, takes a later branch's call instead of
+a new thread starting (~0.1 ms each, in series on the step's thread).
 """
 
 from __future__ import annotations
