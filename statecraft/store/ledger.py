@@ -4,9 +4,10 @@ The rules of the chain (how a row is built and hashed) are
 statecraft/audit/chain.py's; this module only stores and reads rows. An
 append reads the head and inserts the next row in the caller's write
 transaction, which holds the database's write lock (``BEGIN IMMEDIATE`` on
-SQLite), so no other writer can append in between; the UNIQUE constraints on
-``prev_hash`` and ``entry_hash`` would make a racing writer fail rather than
-fork the chain.
+SQLite), so no other writer can append in between; the append guard (the
+``audit_event_no_replace`` trigger on SQLite, ``audit_event_no_fork`` on
+PostgreSQL: the next ``seq``, chained onto the ``entry_hash`` before it)
+would make a racing writer fail rather than fork the chain (docs/audit.md).
 """
 
 from __future__ import annotations
