@@ -18,12 +18,11 @@ when its holder stalls past expiry (docs/reliability.md).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-from .audit.chain import new_event_row
+from .audit.chain import new_event_id, new_event_row
 from .errors import RunError
 from .lifecycle import RunStatus
 from .store.ledger import AuditFields, AuditRecord, insert_event, ledger_head
@@ -62,15 +61,6 @@ class Committed:
 
 
 
-
-
-def _new_event_id() -> str:
-    """A random UUID (version 4) as ``str(uuid.uuid4())`` spells it, without the UUID object."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def write_transition(
@@ -136,7 +126,7 @@ def write_transition(
     """
     run_seq = run["run_seq"] + 1
     state_sha = state_sha256 or run["state_sha256"]
-    event_id = _new_event_id()
+    event_id = new_event_id()
     fields: AuditFields = {
         "event_id": event_id,
         "run_id": run["run_id"],

@@ -22,7 +22,8 @@ and a Hypothesis test (tests/audit/test_canonical.py) proves both agree.
 from __future__ import annotations
 
 import hashlib
-import uuid
+import os
+import time
 from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring
 from typing import Any, Final, cast
@@ -45,6 +46,7 @@ __all__ = [
     "SORTED_HASHED_COLUMNS",
     "compute_entry_hash",
     "entry_hash_of_sorted",
+    "new_event_id",
     "new_event_row",
     "payload_digest",
 ]
@@ -53,6 +55,25 @@ HASH_ALG: Final = "sha256+jcs/v1"
 LEDGER_SCHEMA_VERSION: Final = 1
 DOMAIN: Final = b"statecraft.audit.v1\x00"
 GENESIS_PREV_HASH: Final = "0" * 64
+
+def new_event_id() -> str:
+    """A new ``event_id``: a UUID version 7 (RFC 9562, section 5.7), as ``str(uuid.UUID)`` spells it.
+
+    48 bits of Unix time in milliseconds, then 74 random bits (``os.urandom``):
+    unique and unguessable (74 random bits) like a version-4 UUID, but ordered by time, so
+    the ``UNIQUE(event_id)`` index is appended to at its end instead of
+    written at a random leaf: about one WAL page less per step commit, and
+    one leaf for a whole group-commit batch (bench/bench_step_anatomy.py;
+    issue #11). Nothing reads an order into it: ``seq`` is the ledger's
+    order, and a clock stepping back only costs locality. Run ids stay
+    version 4: operators type their prefixes.
+    """
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
+    raw[6] = raw[6] & 0x0F | 0x70  # version 7
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 9562 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
 
 ALL_COLUMNS: Final[tuple[str, ...]] = AUDIT_COLUMNS
 HASHED_COLUMNS: Final[tuple[str, ...]] = tuple(
@@ -195,7 +216,7 @@ def new_event_row(
     if row["recorded_at"] is None:
         row["recorded_at"] = row["occurred_at"]
     if row["event_id"] is None:
-        row["event_id"] = str(uuid.uuid4())
+        row["event_id"] = new_event_id()
     row.update(
         seq=seq,
         ledger_id=ledger_id,
