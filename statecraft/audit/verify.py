@@ -67,14 +67,21 @@ columns in sorted order), which is only trusted where it provably equals
 
 So the verdict is always exactly that of ``chain.compute_entry_hash`` (barring
 a SHA-256 collision).
+
+Hashing every stored blob costs about as much as the walk; on a SQLite file
+it runs in a thread beside the walk, on a second connection proven to read
+the walk's snapshot (:class:`BlobScanBeside`, ~1.3x on two cores), and
+tests/audit/test_verify_beside.py checks both ways give one verdict.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import sqlite3
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from typing import Any, Final, NamedTuple
 
@@ -85,7 +92,7 @@ from sqlalchemy.exc import DBAPIError
 from ..errors import LedgerError
 from ..signing import Keyring
 from ..store import audit_reads as reads
-from ..store.db import Database
+from ..store.db import Database, sqlite_path
 from .anchor import Anchor, newest_anchor_seen
 from .chain import (
     DOMAIN,
@@ -101,10 +108,13 @@ from .signatures import check_signatures
 __all__ = [
     "FOLDED_COLUMNS",
     "WALK_COLUMNS",
+    "BlobFacts",
+    "BlobScanBeside",
     "ChainBreak",
     "ChainWalk",
     "RunFold",
     "VerifyReport",
+    "blob_facts",
     "fold_runs",
     "verify_ledger",
 ]
@@ -626,28 +636,57 @@ def _redaction_targets(conn: Connection, walk: ChainWalk) -> tuple[list[tuple[in
     return sorted(pairs), blobs
 
 
-def _check_blobs(
-    conn: Connection, walk: ChainWalk, authorised: set[str], *, refs: bool
-) -> ChainBreak | None:
-    """Stored blobs against their hashes and removed bodies against redactions; optionally references.
+class BlobFacts(NamedTuple):
+    """What the ``blob`` table itself says, before any event is consulted (:func:`blob_facts`).
+
+    Attributes:
+        edited: key -> why its stored body is wrong (it does not hash to the key).
+        removed: keys whose body is NULL (lawful only if a redaction covers them).
+        missing_ref: the first event naming a blob that is not stored,
+            ``(seq, input_sha256, output_sha256, state_sha256)``; ``None``
+            when none is, or when references were not checked.
+    """
+
+    edited: dict[str, str]
+    removed: frozenset[str]
+    missing_ref: tuple[Any, ...] | None
+
+
+def blob_facts(
+    batches: Iterable[Sequence[Any]], missing_ref: Callable[[], Sequence[Any] | None] | None
+) -> BlobFacts:
+    """Hash every stored body against its key; then, if given, ask ``missing_ref`` for a missing reference.
+
+    Args:
+        batches: batches of ``(sha256, body)`` rows (:data:`reads.BLOB_ROWS_SQL`).
+        missing_ref: runs :data:`reads.MISSING_BLOB_REF_SQL`; ``None`` skips it.
+    """
+    edited: dict[str, str] = {}
+    removed: set[str] = set()
+    sha256 = hashlib.sha256
+    for rows in batches:
+        for key, body in rows:
+            if body is None:
+                removed.add(key)
+            elif sha256(body if body.__class__ is bytes else _as_bytes(body)).hexdigest() != key:
+                edited[key] = "body does not match its sha256 (blob edited)"
+    missing = None if missing_ref is None else missing_ref()
+    return BlobFacts(edited, frozenset(removed), None if missing is None else tuple(missing))
+
+
+def _check_blobs(conn: Connection, walk: ChainWalk, authorised: set[str], facts: BlobFacts) -> ChainBreak | None:
+    """The blob failure to report, if any: ``facts`` (from the walk's snapshot) against the verified redactions.
 
     A blob is content-addressed (its key is the SHA-256 of its body), so an
     edited body shows without any chain; a NULL body is lawful only if it is
-    in ``authorised`` (see :func:`_redaction_targets`). With ``refs``, every
-    blob an event references must also be stored (a deleted blob row); that
-    costs one index probe per reference (about half the chain walk again on
-    bench/bench_ledger.py), so it is asked for separately. Reported at the
-    first event that references the blob.
+    in ``authorised`` (see :func:`_redaction_targets`). A blob an event
+    references must also be stored (a deleted blob row), when
+    ``facts.missing_ref`` was asked for: one index probe per reference
+    (about half the chain walk again on bench/bench_ledger.py). Reported at
+    the first event that references the blob.
     """
-    problems: dict[str, str] = {}
-    sha256 = hashlib.sha256
-    for rows in reads.blob_rows(conn):
-        for key, body in rows:
-            if body is None:
-                if key not in authorised:
-                    problems[key] = "body removed without a payload.redacted event"
-            elif sha256(body if body.__class__ is bytes else _as_bytes(body)).hexdigest() != key:
-                problems[key] = "body does not match its sha256 (blob edited)"
+    problems = dict(facts.edited)
+    problems.update((key, "body removed without a payload.redacted event") for key in facts.removed - authorised)
     failure = None
     if problems:
         first = min(problems)
@@ -657,23 +696,103 @@ def _check_blobs(
             if hit is not None:
                 failure = ChainBreak(hit[0], f"seq {hit[0]}: blob {hit[1]} {problems[hit[1]]}")
                 break
-    if refs:
-        missing = reads.first_missing_blob_ref(conn)
-        if missing is not None:
-            seq, *hashes = missing
-            names = ("input_sha256", "output_sha256", "state_sha256")
-            column = next(
-                n for n, h in zip(names, hashes)
-                if h is not None
-                and not reads.blob_exists(conn, h)
-            )
-            failure = _earliest(
-                failure,
-                ChainBreak(seq, f"seq {seq}: {column} names a blob that is not stored (blob row deleted)"),
-            )
+    if facts.missing_ref is not None:
+        seq, *hashes = facts.missing_ref
+        names = ("input_sha256", "output_sha256", "state_sha256")
+        column = next(
+            n for n, h in zip(names, hashes)
+            if h is not None
+            and not reads.blob_exists(conn, h)
+        )
+        failure = _earliest(
+            failure,
+            ChainBreak(seq, f"seq {seq}: {column} names a blob that is not stored (blob row deleted)"),
+        )
     if failure is not None and failure.seq is not None and failure.seq > walk.last_seq:
         return None  # beyond the verified prefix: the chain failure is reported instead
     return failure
+
+
+class BlobScanBeside:
+    """:func:`blob_facts` on a second SQLite connection, in a thread beside the chain walk, at the walk's snapshot.
+
+    Hashing every blob is about as much work as the chain walk itself
+    (bench/bench_verify.py); SQLite releases the GIL while it reads, so on
+    two cores the two overlap (issue #11). Both must read **one snapshot**,
+    or a commit between them could pair an old chain with new blobs (a
+    redaction's NULL body without its event: a false alarm). The proof, by
+    ``PRAGMA data_version`` (which changes on a connection exactly when
+    another connection's commit becomes visible to it,
+    https://sqlite.org/pragma.html#pragma_data_version):
+
+    1. :meth:`__init__` reads this connection's ``data_version`` (v0);
+    2. the caller begins the walk's snapshot (its first read);
+    3. :meth:`pinned` begins this connection's snapshot and reads v1.
+
+    If v0 == v1, nothing was committed between steps 1 and 3, so the walk's
+    snapshot, taken in between, is this one. Otherwise the caller closes
+    this and hashes the blobs on its own connection, after the walk.
+
+    Raises (from :meth:`facts`): whatever the scan raised (``sqlite3.Error``).
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._pooled = db.sa_engine.raw_connection()
+        raw = self._pooled.driver_connection
+        assert isinstance(raw, sqlite3.Connection)
+        self._raw = raw
+        self._thread: threading.Thread | None = None
+        self._facts: BlobFacts | None = None
+        self._error: BaseException | None = None
+        self._before = reads.data_version(raw)
+
+    @staticmethod
+    def wanted(db: Database) -> bool:
+        """Whether scanning beside pays here: a SQLite file (not ``:memory:``), and more than one CPU."""
+        path = sqlite_path(db.url)
+        return bool(path) and path != ":memory:" and "mode=memory" not in db.url and (os.cpu_count() or 1) > 1
+
+    def pinned(self) -> bool:
+        """Begin this connection's snapshot; whether it is the one the caller began since :meth:`__init__`."""
+        reads.begin_snapshot(self._raw)
+        return reads.data_version(self._raw) == self._before
+
+    def start(self, refs: bool) -> None:
+        """Start the scan (and, with ``refs``, the missing-reference query) in a daemon thread."""
+        self._thread = threading.Thread(target=self._scan, args=(refs,), name="statecraft-verify-blobs", daemon=True)
+        self._thread.start()
+
+    def _scan(self, refs: bool) -> None:
+        try:
+            self._facts = blob_facts(
+                reads.raw_stream(self._raw, reads.BLOB_ROWS_SQL),
+                (lambda: reads.raw_first(self._raw, reads.MISSING_BLOB_REF_SQL)) if refs else None,
+            )
+        except BaseException as exc:  # handed to the caller by facts()
+            self._error = exc
+
+    def facts(self) -> BlobFacts:
+        """Wait for the scan; its facts.
+
+        Raises:
+            Whatever the scan raised.
+        """
+        assert self._thread is not None, "start() first"
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._facts is not None
+        return self._facts
+
+    def close(self) -> None:
+        """Stop a scan still running (``interrupt``), end the snapshot and return the connection to the pool."""
+        if self._thread is not None and self._thread.is_alive():
+            self._raw.interrupt()
+            self._thread.join()
+        try:
+            reads.end_snapshot(self._raw)
+        finally:
+            self._pooled.close()
 
 
 def _as_bytes(body: Any) -> bytes:
@@ -808,7 +927,10 @@ def verify_ledger(
     docstring lists every other check.
 
     Read-only: one read transaction, so the chain, ``statecraft_meta``, the
-    ``blob`` and ``run`` tables are one consistent snapshot (SQLite WAL).
+    ``blob`` and ``run`` tables are one consistent snapshot (SQLite WAL). On
+    a SQLite file and more than one CPU, the blobs are hashed on a second
+    connection in a thread beside the walk, only once it is proven to read
+    that same snapshot (:class:`BlobScanBeside`); otherwise after the walk.
     Streams rows; memory grows with the number of runs, not of events. To
     remember the anchors verified, call
     :func:`statecraft.audit.anchor.remember_anchor` afterwards.
@@ -841,9 +963,18 @@ def verify_ledger(
         LedgerError: the ledger cannot be queried at all (e.g. a column or
             table was dropped); a database error, converted here.
     """
+    beside: BlobScanBeside | None = None
     with db.read() as conn:
         try:
-            ledger_id = reads.meta_ledger_id(conn)
+            if check_blobs and reads.is_sqlite(conn) and BlobScanBeside.wanted(db):
+                beside = BlobScanBeside(db)
+            ledger_id = reads.meta_ledger_id(conn)  # the first read: this snapshot begins
+            if beside is not None:
+                if beside.pinned():
+                    beside.start(check_blob_refs)
+                else:  # a commit came in between: hash the blobs here, after the walk
+                    beside.close()
+                    beside = None
             duplicates = reads.duplicate_event_ids(conn)
             walk = ChainWalk(ledger_id, duplicates)
             failure: ChainBreak | None = None
@@ -865,9 +996,14 @@ def verify_ledger(
                 failure = redaction
             redactions, authorised_blobs = _redaction_targets(conn, walk)
             if check_blobs:
-                failure = _earliest(
-                    failure, _check_blobs(conn, walk, authorised_blobs, refs=check_blob_refs)
-                )
+                if beside is not None:
+                    facts = beside.facts()
+                else:
+                    facts = blob_facts(
+                        reads.blob_rows(conn),
+                        (lambda: reads.first_missing_blob_ref(conn)) if check_blob_refs else None,
+                    )
+                failure = _earliest(failure, _check_blobs(conn, walk, authorised_blobs, facts))
             anchored: Anchor | None = None
             if anchors:
                 anchor_failure, anchored = _check_anchors(conn, ledger_id, anchors, walk)
@@ -883,6 +1019,9 @@ def verify_ledger(
             warnings = _guard_warnings(conn)
         except (sqlite3.Error, DBAPIError) as exc:
             raise LedgerError(f"cannot read the audit ledger: {exc}") from exc
+        finally:
+            if beside is not None:
+                beside.close()
     bad = None if failure is None else failure.seq
     last = walk.last_seq if bad is None else min(walk.last_seq, bad - 1)
     if anchored is not None and anchored.seq > last:

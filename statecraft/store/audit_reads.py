@@ -23,13 +23,18 @@ from typing import Any, Final
 from sqlalchemy import Connection, text
 
 __all__ = [
+    "BLOB_ROWS_SQL",
+    "MISSING_BLOB_REF_SQL",
     "authorised_later",
+    "begin_snapshot",
     "blob_body",
     "blob_exists",
     "blob_rows",
     "child_runs",
     "count_matches",
+    "data_version",
     "duplicate_event_ids",
+    "end_snapshot",
     "entry_hash_at",
     "event_refs",
     "events_between",
@@ -43,6 +48,8 @@ __all__ = [
     "min_seq_after",
     "pending_proposals",
     "prev_hash_at",
+    "raw_first",
+    "raw_stream",
     "ref_rows",
     "run_details",
     "run_positions",
@@ -139,6 +146,44 @@ def stream(conn: Connection, sql: str, params: Mapping[str, Any] | None = None) 
             cursor.close()
         return
     yield from conn.execution_options(stream_results=True).execute(text(sql), dict(params or {})).partitions(_BATCH)
+
+
+def raw_stream(raw: sqlite3.Connection, sql: str) -> Iterator[Sequence[Any]]:
+    """Batches of rows of ``sql`` (no parameters) on a stdlib connection."""
+    cursor = raw.cursor()
+    try:
+        cursor.execute(sql)
+        while rows := cursor.fetchmany(_BATCH):
+            yield rows
+    finally:
+        cursor.close()
+
+
+def raw_first(raw: sqlite3.Connection, sql: str) -> tuple[Any, ...] | None:
+    """The first row of ``sql`` (no parameters) on a stdlib connection, or ``None``."""
+    row = raw.execute(sql).fetchone()
+    return None if row is None else tuple(row)
+
+
+def data_version(raw: sqlite3.Connection) -> int:
+    """``PRAGMA data_version``: changes exactly when another connection's commit becomes visible to ``raw``.
+
+    https://sqlite.org/pragma.html#pragma_data_version; verify's second
+    connection uses it to prove it reads the walk's snapshot.
+    """
+    return int(raw.execute("PRAGMA data_version").fetchone()[0])
+
+
+def begin_snapshot(raw: sqlite3.Connection) -> None:
+    """Begin a read transaction on an autocommit stdlib connection and take its snapshot now (at its first read)."""
+    raw.execute("BEGIN")
+    raw.execute("SELECT 1 FROM statecraft_meta LIMIT 1").fetchall()
+
+
+def end_snapshot(raw: sqlite3.Connection) -> None:
+    """End the read transaction :func:`begin_snapshot` began, if still open (nothing to keep or lose)."""
+    if raw.in_transaction:
+        raw.execute("COMMIT")
 
 
 # -- single facts -----------------------------------------------------------------------------
@@ -332,22 +377,29 @@ def ref_rows(conn: Connection) -> Iterator[Sequence[Any]]:
     return stream(conn, f"{_REFS} ORDER BY seq")
 
 
+MISSING_BLOB_REF_SQL: Final = (
+    f"{_REFS} e WHERE "
+    + " OR ".join(
+        f"(e.{c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM blob b WHERE b.sha256 = e.{c}))"
+        for c in ("input_sha256", "output_sha256", "state_sha256")
+    )
+    + " ORDER BY seq LIMIT 1"
+)
+"""The first event naming a blob that is not stored: ``(seq, input, output, state)``; no parameters."""
+
+BLOB_ROWS_SQL: Final = "SELECT sha256, body FROM blob"
+"""``(sha256, body)`` of every stored blob; no parameters."""
+
+
 def first_missing_blob_ref(conn: Connection) -> tuple[Any, ...] | None:
     """The first event naming a blob that is not stored: ``(seq, input, output, state)``."""
-    row = conn.execute(text(
-        f"{_REFS} e WHERE "
-        + " OR ".join(
-            f"(e.{c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM blob b WHERE b.sha256 = e.{c}))"
-            for c in ("input_sha256", "output_sha256", "state_sha256")
-        )
-        + " ORDER BY seq LIMIT 1"
-    )).first()
+    row = conn.execute(text(MISSING_BLOB_REF_SQL)).first()
     return None if row is None else tuple(row)
 
 
 def blob_rows(conn: Connection) -> Iterator[Sequence[Any]]:
     """Batches of ``(sha256, body)`` of every stored blob."""
-    return stream(conn, "SELECT sha256, body FROM blob")
+    return stream(conn, BLOB_ROWS_SQL)
 
 
 def blob_exists(conn: Connection, digest: str) -> bool:
