@@ -65,6 +65,18 @@ def _redact_seq_5(ledger: Ledger, insider: Insider) -> None:
         db.close()
 
 
+def _redact_right_after_the_walks_first_read(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make verify's first read (which begins the walk's snapshot) be followed by a lawful redaction, committed elsewhere."""
+    real = verify_module.reads.meta_ledger_id
+
+    def first_read_then_redaction(conn: Any) -> str | None:
+        ledger_id = real(conn)  # the walk's snapshot begins here
+        _redact_seq_5(ledger, Insider(ledger.path))  # another connection commits
+        return ledger_id
+
+    monkeypatch.setattr(verify_module.reads, "meta_ledger_id", first_read_then_redaction)
+
+
 TAMPERINGS: dict[str, Callable[[Ledger, Insider], None]] = {
     "untouched": lambda ledger, insider: None,
     "a blob body edited": lambda ledger, insider: insider.execute(
@@ -108,20 +120,12 @@ def test_a_redaction_committed_between_the_two_snapshots_is_not_a_false_alarm(
     # taken before a lawful redaction commits, and the blob scan's would be
     # taken after it. The scan would then see the redacted (NULL) bodies,
     # and the walk would not see the payload.redacted event that allows them.
-    real = verify_module.reads.meta_ledger_id
-
-    def first_read_then_redaction(conn: Any) -> str | None:
-        ledger_id = real(conn)  # the walk's snapshot begins here
-        _redact_seq_5(ledger, Insider(ledger.path))  # another connection commits
-        return ledger_id
-
-    monkeypatch.setattr(verify_module.reads, "meta_ledger_id", first_read_then_redaction)
+    _redact_right_after_the_walks_first_read(ledger, monkeypatch)
     report = _verify(ledger, beside=True, monkeypatch=monkeypatch)
 
     assert beside_used == [False], "the handshake did not see the commit in between"
     assert report.ok, report.reason
     assert report.redactions == ()  # the walk's snapshot: before the redaction
-
 
 
 def test_without_the_handshake_that_race_would_be_reported_as_tampering(
@@ -132,16 +136,9 @@ def test_without_the_handshake_that_race_would_be_reported_as_tampering(
         verify_module.reads.begin_snapshot(self._raw)
         return True
 
-    real = verify_module.reads.meta_ledger_id
-
-    def first_read_then_redaction(conn: Any) -> str | None:
-        ledger_id = real(conn)
-        _redact_seq_5(ledger, Insider(ledger.path))
-        return ledger_id
-
     monkeypatch.setattr(BlobScanBeside, "wanted", staticmethod(lambda db: True))
     monkeypatch.setattr(BlobScanBeside, "pinned", blind)
-    monkeypatch.setattr(verify_module.reads, "meta_ledger_id", first_read_then_redaction)
+    _redact_right_after_the_walks_first_read(ledger, monkeypatch)
     report = _verify(ledger, beside=True, monkeypatch=monkeypatch)
 
     assert not report.ok and "body removed without a payload.redacted event" in (report.reason or "")
