@@ -75,7 +75,7 @@ from .store.runs import (
 from .store.txn import Tx, group_write, read_on_writer, read_tx, tx_of, write_tx
 from .tracing import SpanHandle, span
 from .views import StepReport
-from .transition import KEEP, Committed, RunMoved, write_transition
+from .transition import KEEP, Committed, RunMoved, SubCall, write_sub_calls, write_transition
 
 if TYPE_CHECKING:
     from .outcomes import ApprovalPolicy
@@ -695,6 +695,7 @@ class StepRunner:
 
     def _calls(self, tx: Tx, run: RunRecord, calls: Sequence[RecordedCall], now: str, blobs: list[str]) -> RunRecord:
         """Append one event per recorded sub-call; the run's status, step and state are unchanged."""
+        sub_calls: list[SubCall] = []
         for call in calls:
             fields: AuditFields = {
                 "agent_name": call.name, "agent_version": call.version, "decision": call.decision,
@@ -708,14 +709,11 @@ class StepRunner:
                 fields["input_sha256"] = self._blob(tx, blob_json(jsonable(call.input)), now, blobs)
             if call.output is not None:
                 fields["output_sha256"] = self._blob(tx, blob_json(jsonable(call.output)), now, blobs)
-            run = write_transition(
-                tx, self.db.ledger_id, run, event_type=call.event_type,
-                to_status=RunStatus(run["status"]), to_step=run["step"], actor_type="agent",
-                actor_id=call.name, now=now, extra=fields, payload=call.payload, keep_lease=True,
-                usage=(call.usage.tokens_in, call.usage.tokens_out, call.usage.cost_micros),
-                fence_owner=self.host.owner,
-            ).run
-        return run
+            sub_calls.append(SubCall(
+                call.event_type, call.name, fields, call.payload,
+                (call.usage.tokens_in, call.usage.tokens_out, call.usage.cost_micros),
+            ))
+        return write_sub_calls(tx, self.db.ledger_id, run, sub_calls, now=now, fence_owner=self.host.owner)
 
     def _gate(self, live: _Live, step: Step, state_sha: str, resume_at: str, reason: str, *, kind: str | None) -> dict[str, Any]:
         digest = proposal_digest(

@@ -1,7 +1,9 @@
 """The one place a run row changes: update the row and append its audit event.
 
 Every transition is one call of :func:`write_transition` inside one write
-transaction, and writes exactly one audit event. Every event of a run
+transaction, and writes exactly one audit event; the sub-call events a step
+records before its own (:func:`write_sub_calls`) are the same rows, with one
+run row UPDATE for all of them. Every event of a run
 records the run's status, step and state hash *after* it (``to_status``,
 ``to_step``, ``state_sha256``), so folding a run's events reproduces its row
 (DESIGN.md invariant 2; ``statecraft.audit.verify.fold_runs``), and the event
@@ -18,7 +20,7 @@ when its holder stalls past expiry (docs/reliability.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -29,7 +31,7 @@ from .store.ledger import AuditFields, AuditRecord, insert_event, ledger_head
 from .store.runs import RUN_COLUMNS, RunRecord, RunUpdate, update_run
 from .store.txn import Tx
 
-__all__ = ["KEEP", "RUN_COLUMNS", "Committed", "RunMoved", "write_transition"]
+__all__ = ["KEEP", "RUN_COLUMNS", "Committed", "RunMoved", "SubCall", "write_sub_calls", "write_transition"]
 
 
 
@@ -124,6 +126,121 @@ def write_transition(
             must roll the transaction back (``write_tx`` does, as it
             propagates).
     """
+    fields, values, after = _plan(
+        run, event_type=event_type, to_status=to_status, to_step=to_step, actor_type=actor_type,
+        actor_id=actor_id, now=now, extra=extra, state_sha256=state_sha256, pending=pending,
+        clear_pending=clear_pending, clear_error=clear_error, release_lease=release_lease,
+        keep_lease=keep_lease, count_step=count_step, usage=usage, fence_owner=fence_owner,
+        attempts=attempts, wake_at=wake_at, takeovers=takeovers, visits_json=visits_json,
+        budget_json=budget_json,
+    )
+    # Fenced UPDATE first: a stale writer learns it before hashing anything.
+    _update(tx, values, run, fence_owner)
+    event = new_event_row(ledger_head(tx), ledger_id=ledger_id, fields=fields, payload=payload)
+    insert_event(tx, event)
+    return Committed(event, after)
+
+
+@dataclass(frozen=True)
+class SubCall:
+    """One sub-call event for :func:`write_sub_calls` (an agent's model call, a fan-out branch's attempt).
+
+    Attributes:
+        event_type: e.g. ``agent.called``.
+        actor_id: the agent that made the call.
+        fields: its audit columns (``agent_name``, ``outcome``, usage, blob hashes, …).
+        payload: JSON event detail (no floats), or ``None``.
+        usage: ``(tokens_in, tokens_out, cost_micros)`` to add to the run's totals.
+    """
+
+    event_type: str
+    actor_id: str
+    fields: AuditFields
+    payload: Any
+    usage: tuple[int, int, int]
+
+
+def write_sub_calls(
+    tx: Tx, ledger_id: str, run: RunRecord, calls: Sequence[SubCall], *, now: str, fence_owner: str | None
+) -> RunRecord:
+    """Append one event per sub-call at the run's status and step, with one run row UPDATE for all. Inside ``tx``.
+
+    The rows are exactly those of one :func:`write_transition` per call
+    (``actor_type`` "agent", ``to_status``/``to_step`` unchanged, the lease
+    kept, each call's usage added to the run's totals), in order; only the
+    run row is written once, at the last call's position, and the ledger's
+    head read once: a fan-out of 8 branches commits 1 UPDATE and 1 head
+    read instead of 8 of each (issue #11).
+
+    Returns:
+        The run row after the calls (``run`` itself when there are none).
+
+    Raises:
+        RunMoved: as :func:`write_transition`; nothing was written.
+    """
+    if not calls:
+        return run
+    current = run
+    planned: list[tuple[AuditFields, Any]] = []
+    values: RunUpdate | None = None
+    for call in calls:
+        fields, values, current = _plan(
+            current, event_type=call.event_type, to_status=RunStatus(current["status"]),
+            to_step=current["step"], actor_type="agent", actor_id=call.actor_id, now=now,
+            extra=call.fields, keep_lease=True, usage=call.usage, fence_owner=fence_owner,
+        )
+        planned.append((fields, call.payload))
+    assert values is not None
+    _update(tx, cast(RunUpdate, {**values, "expected_seq": run["run_seq"]}), run, fence_owner)
+    head = ledger_head(tx)
+    for fields, payload in planned:
+        event = new_event_row(head, ledger_id=ledger_id, fields=fields, payload=payload)
+        insert_event(tx, event)
+        head = (event["seq"], event["entry_hash"])
+    return current
+
+
+def _update(tx: Tx, values: RunUpdate, run: RunRecord, fence_owner: str | None) -> None:
+    """The run row UPDATE, fenced on ``run``'s position (and ``fence_owner``).
+
+    Raises:
+        RunMoved: the run is not where ``run`` says; nothing was written.
+    """
+    if not update_run(tx, values, fenced=fence_owner is not None):
+        raise RunMoved(
+            f"run {run['run_id']} moved on (expected run_seq {run['run_seq']}"
+            + (f" under lease {fence_owner}" if fence_owner else "")
+            + "); nothing written",
+            run_id=run["run_id"],
+        )
+
+
+def _plan(
+    run: RunRecord,
+    *,
+    event_type: str,
+    to_status: RunStatus,
+    to_step: str | None,
+    actor_type: str,
+    actor_id: str,
+    now: str,
+    extra: AuditFields | None = None,
+    state_sha256: str | None = None,
+    pending: Mapping[str, Any] | None = None,
+    clear_pending: bool = False,
+    clear_error: bool = False,
+    release_lease: bool = False,
+    keep_lease: bool = False,
+    count_step: bool = False,
+    usage: tuple[int, int, int] = (0, 0, 0),
+    fence_owner: str | None = None,
+    attempts: Any = KEEP,
+    wake_at: Any = KEEP,
+    takeovers: Any = KEEP,
+    visits_json: Any = KEEP,
+    budget_json: Any = KEEP,
+) -> tuple[AuditFields, RunUpdate, RunRecord]:
+    """The event's columns, the run row UPDATE, and the run row after it; nothing written (:func:`write_transition`'s arguments)."""
     run_seq = run["run_seq"] + 1
     state_sha = state_sha256 or run["state_sha256"]
     event_id = new_event_id()
@@ -198,20 +315,12 @@ def write_transition(
         "error_code": error_code,
         "reason": reason,
     }
-    # Fenced UPDATE first: a stale writer learns it before hashing anything.
-    if not update_run(tx, values, fenced=fence_owner is not None):
-        raise RunMoved(
-            f"run {run['run_id']} moved on (expected run_seq {run['run_seq']}"
-            + (f" under lease {fence_owner}" if fence_owner else "")
-            + "); nothing written",
-            run_id=run["run_id"],
-        )
-    event = new_event_row(ledger_head(tx), ledger_id=ledger_id, fields=fields, payload=payload)
-    insert_event(tx, event)
     merged: dict[str, Any] = {**run, **values}
     for guard in ("expected_seq", "fence_owner", "release"):
         del merged[guard]  # the UPDATE's guards, not columns
     after = cast(RunRecord, merged)
     if release:
         after["lease_owner"] = after["lease_expires_at"] = None
-    return Committed(event, after)
+    return fields, values, after
+
+

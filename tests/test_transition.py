@@ -36,6 +36,7 @@ from statecraft.runner import _KnownBlobs
 from statecraft.store.db import Database
 from statecraft.store.txn import _writer, read_one, read_tx, write_tx
 from statecraft.transition import RunMoved
+from tests.support.reliability import assert_ledger_ok
 from tests.support.toy import machine as TOY
 
 
@@ -149,6 +150,79 @@ def test_a_step_commits_its_run_row_and_exactly_one_audit_event_in_one_transacti
         assert sum(s.startswith("UPDATE run") for s in statements_of_one) == 1
         assert not any("checkpoint" in s for s in statements_of_one)
     assert sum(s.startswith("BEGIN") for s in recorder.statements) == recorder.statements.count("COMMIT")
+
+
+def _fan_machine(branches: int) -> Machine[Any]:
+    from statecraft.agents.base import Usage
+    from statecraft.patterns import FanOutResult, fan_out
+
+    class Fan(BaseModel):
+        results: FanOutResult | None = None
+
+    def branch(i: int) -> Any:
+        def call(inp: Any, bctx: Any) -> int:
+            bctx.record_usage(Usage(tokens_in=10 * i, tokens_out=i, cost_micros=100 * i))
+            return i
+        return call
+
+    return Machine("fan_sub_calls", "1", Fan, [
+        fan_out("fan", branches={f"b{i}": branch(i) for i in range(branches)}, into="results", max_concurrency=branches),
+    ])
+
+
+def _transactions(statements: list[str]) -> list[list[str]]:
+    out: list[list[str]] = []
+    for sql in statements:
+        if sql.startswith("BEGIN"):
+            out.append([])
+        elif sql != "COMMIT" and out:
+            out[-1].append(sql)
+    return out
+
+
+def test_a_steps_sub_call_events_update_the_run_row_once_not_once_each(db_path: Path) -> None:
+    # Issue #11: a fan-out of 8 branches appends 8 agent.called events and a
+    # fanout.completed before its step's own event; the run row is written
+    # once for all of them, and the ledger head read once, not once per event.
+    machine = _fan_machine(8)
+    with Engine(db_path, machines=[machine]) as engine:
+        run = engine.start(machine, {}, advance=False)
+        recorder = _recording(engine)
+        done = engine.advance(run.run_id)
+        events = engine.events(run.run_id)
+        assert_ledger_ok(engine)  # the run row folds from the events: run_seq, usage totals, last event
+
+    step = [t for t in _transactions(recorder.statements) if sum(s.startswith("INSERT INTO audit_event") for s in t) > 1]
+    assert len(step) == 1
+    assert sum(s.startswith("INSERT INTO audit_event") for s in step[0]) == 10  # 8 branches, fanout.completed, run.completed
+    assert sum(s.startswith("UPDATE run") for s in step[0]) == 2  # the sub-calls', then the step's
+    assert sum(s.startswith("SELECT seq, entry_hash FROM audit_event") for s in step[0]) == 2
+    assert done.status is RunStatus.DONE
+    called = [e for e in events if e.event_type == "agent.called"]
+    assert len(called) == 8
+    assert [e.run_seq for e in events] == list(range(1, len(events) + 1))
+    assert (done.tokens_in, done.tokens_out, done.cost_micros) == (280, 28, 2800)  # sum over i < 8 of 10i, i, 100i
+
+
+def test_sub_calls_of_a_stale_writer_are_refused_and_write_nothing(db_path: Path) -> None:
+    from statecraft.store.runs import load_run
+    from statecraft.transition import SubCall, write_sub_calls
+
+    with Engine(db_path) as engine:
+        run = engine.start(TOY, {}, advance=False)
+        db = engine.db
+        with read_tx(db) as tx:
+            row = load_run(tx, run.run_id)
+            before = tx.one("SELECT COUNT(*) FROM audit_event")
+        assert row is not None
+        stale = {**row, "run_seq": row["run_seq"] - 1}  # another writer moved the run on since
+        call = SubCall("agent.called", "a", {"agent_name": "a", "outcome": "success"}, None, (1, 1, 1))
+        with pytest.raises(RunMoved), write_tx(db) as tx:
+            write_sub_calls(tx, db.ledger_id, stale, [call, call], now=format_utc(datetime.now(UTC)), fence_owner=None)  # type: ignore[arg-type]
+        with read_tx(db) as tx:
+            assert tx.one("SELECT COUNT(*) FROM audit_event") == before
+            assert load_run(tx, run.run_id) == row
+        assert_ledger_ok(engine)
 
 
 def test_blobs_already_stored_are_not_written_again(db_path: Path) -> None:
