@@ -62,9 +62,6 @@ class Committed:
     run: RunRecord
 
 
-
-
-
 def write_transition(
     tx: Tx,
     ledger_id: str,
