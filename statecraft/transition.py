@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final, TypedDict, Unpack, cast
 
 from .audit.chain import new_event_id, new_event_row
 from .errors import RunError
@@ -31,7 +31,7 @@ from .store.ledger import AuditFields, AuditRecord, insert_event, ledger_head
 from .store.runs import RUN_COLUMNS, RunRecord, RunUpdate, update_run
 from .store.txn import Tx
 
-__all__ = ["KEEP", "RUN_COLUMNS", "Committed", "RunMoved", "SubCall", "write_sub_calls", "write_transition"]
+__all__ = ["KEEP", "RUN_COLUMNS", "Change", "Committed", "RunMoved", "SubCall", "write_sub_calls", "write_transition"]
 
 
 
@@ -43,6 +43,26 @@ class _Keep:
 
 KEEP: Final[Any] = _Keep()
 """Sentinel: leave this column as it is."""
+
+
+class Change(TypedDict, total=False):
+    """What a transition changes besides the run's place: :func:`write_transition`'s optional arguments (documented there)."""
+
+    extra: AuditFields | None
+    state_sha256: str | None
+    pending: Mapping[str, Any] | None
+    clear_pending: bool
+    clear_error: bool
+    release_lease: bool
+    keep_lease: bool
+    count_step: bool
+    usage: tuple[int, int, int]
+    fence_owner: str | None
+    attempts: Any
+    wake_at: Any
+    takeovers: Any
+    visits_json: Any
+    budget_json: Any
 
 
 class RunMoved(RunError):
@@ -73,22 +93,8 @@ def write_transition(
     actor_type: str,
     actor_id: str,
     now: str,
-    extra: AuditFields | None = None,
     payload: Any = None,
-    state_sha256: str | None = None,
-    pending: Mapping[str, Any] | None = None,
-    clear_pending: bool = False,
-    clear_error: bool = False,
-    release_lease: bool = False,
-    keep_lease: bool = False,
-    count_step: bool = False,
-    usage: tuple[int, int, int] = (0, 0, 0),
-    fence_owner: str | None = None,
-    attempts: Any = KEEP,
-    wake_at: Any = KEEP,
-    takeovers: Any = KEEP,
-    visits_json: Any = KEEP,
-    budget_json: Any = KEEP,
+    **change: Unpack[Change],
 ) -> Committed:
     """Update the run row and append its audit event (the checkpoint). Inside ``tx``.
 
@@ -125,14 +131,10 @@ def write_transition(
     """
     fields, values, after = _plan(
         run, event_type=event_type, to_status=to_status, to_step=to_step, actor_type=actor_type,
-        actor_id=actor_id, now=now, extra=extra, state_sha256=state_sha256, pending=pending,
-        clear_pending=clear_pending, clear_error=clear_error, release_lease=release_lease,
-        keep_lease=keep_lease, count_step=count_step, usage=usage, fence_owner=fence_owner,
-        attempts=attempts, wake_at=wake_at, takeovers=takeovers, visits_json=visits_json,
-        budget_json=budget_json,
+        actor_id=actor_id, now=now, **change,
     )
     # Fenced UPDATE first: a stale writer learns it before hashing anything.
-    _update(tx, values, run, fence_owner)
+    _update(tx, values, run, change.get("fence_owner"))
     event = new_event_row(ledger_head(tx), ledger_id=ledger_id, fields=fields, payload=payload)
     insert_event(tx, event)
     return Committed(event, after)
@@ -221,25 +223,20 @@ def _plan(
     actor_type: str,
     actor_id: str,
     now: str,
-    extra: AuditFields | None = None,
-    state_sha256: str | None = None,
-    pending: Mapping[str, Any] | None = None,
-    clear_pending: bool = False,
-    clear_error: bool = False,
-    release_lease: bool = False,
-    keep_lease: bool = False,
-    count_step: bool = False,
-    usage: tuple[int, int, int] = (0, 0, 0),
-    fence_owner: str | None = None,
-    attempts: Any = KEEP,
-    wake_at: Any = KEEP,
-    takeovers: Any = KEEP,
-    visits_json: Any = KEEP,
-    budget_json: Any = KEEP,
+    **change: Unpack[Change],
 ) -> tuple[AuditFields, RunUpdate, RunRecord]:
     """The event's columns, the run row UPDATE, and the run row after it; nothing written (:func:`write_transition`'s arguments)."""
+    extra = change.get("extra")
+    pending = change.get("pending")
+    count_step = change.get("count_step", False)
+    usage = change.get("usage", (0, 0, 0))
+    attempts = change.get("attempts", KEEP)
+    wake_at = change.get("wake_at", KEEP)
+    takeovers = change.get("takeovers", KEEP)
+    visits_json = change.get("visits_json", KEEP)
+    budget_json = change.get("budget_json", KEEP)
     run_seq = run["run_seq"] + 1
-    state_sha = state_sha256 or run["state_sha256"]
+    state_sha = change.get("state_sha256") or run["state_sha256"]
     event_id = new_event_id()
     fields: AuditFields = {
         "event_id": event_id,
@@ -263,13 +260,13 @@ def _plan(
     if extra:
         fields.update(extra)
     same_place = to_status == run["status"] and to_step == run["step"] and not count_step
-    release = (release_lease or to_status != RunStatus.RUNNING) and not keep_lease
+    release = (change.get("release_lease", False) or to_status != RunStatus.RUNNING) and not change.get("keep_lease", False)
     if pending is not None:
         gate: tuple[str | None, ...] = (
             pending["resume_at"], event_id, pending["digest"], pending["reason"],
             pending.get("kind"), pending.get("deadline_at"), pending.get("on_timeout"),
         )
-    elif clear_pending:
+    elif change.get("clear_pending", False):
         gate = (None,) * 7
     else:
         gate = (
@@ -278,14 +275,14 @@ def _plan(
         )
     if to_status == RunStatus.FAILED:
         error_code, reason = fields.get("error_code"), fields.get("reason")
-    elif clear_error or to_status == RunStatus.RUNNING and run["status"] != RunStatus.RUNNING:
+    elif change.get("clear_error", False) or to_status == RunStatus.RUNNING and run["status"] != RunStatus.RUNNING:
         error_code = reason = None
     else:
         error_code, reason = run["error_code"], run["reason"]
     values: RunUpdate = {
         "run_id": run["run_id"],
         "expected_seq": run["run_seq"],
-        "fence_owner": fence_owner,
+        "fence_owner": change.get("fence_owner"),
         "release": release,
         "status": str(to_status),
         "step": to_step,

@@ -137,13 +137,7 @@ def row_values_sql(hashed: Sequence[str]) -> str:
 def stream(conn: Connection, sql: str, params: Mapping[str, Any] | None = None) -> Iterator[Sequence[Any]]:
     """Batches of rows of ``sql`` (one of this module's), on the plain sqlite3 cursor where possible."""
     if is_sqlite(conn) and not params:
-        cursor = sqlite_raw(conn).cursor()
-        try:
-            cursor.execute(sql)
-            while rows := cursor.fetchmany(_BATCH):
-                yield rows
-        finally:
-            cursor.close()
+        yield from raw_stream(sqlite_raw(conn), sql)
         return
     yield from conn.execution_options(stream_results=True).execute(text(sql), dict(params or {})).partitions(_BATCH)
 
