@@ -206,22 +206,27 @@ T = TypeVar("T")
 class _Unit(Generic[T]):
     """One caller's unit of work waiting for (or in) a group transaction."""
 
-    __slots__ = ("done", "error", "result", "work")
+    __slots__ = ("done", "error", "result", "wake", "work")
 
     def __init__(self, work: Callable[[Tx], T]) -> None:
         self.work = work
         self.done = False
         self.result: T | None = None
         self.error: BaseException | None = None
+        # Held until the caller may go on: released once, by the leader that
+        # settled the unit or that hands this caller the lead. A lock, not an
+        # Event: a waiter is woken by its own release and nobody else's.
+        self.wake = threading.Lock()
+        self.wake.acquire()
 
 
 class _Group:
     """The queue of units waiting for the writer, and whether a leader is committing."""
 
-    __slots__ = ("cond", "leading", "pending")
+    __slots__ = ("leading", "lock", "pending")
 
     def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
+        self.lock = threading.Lock()
         self.pending: list[_Unit[Any]] = []
         self.leading = False
 
@@ -231,15 +236,19 @@ def group_write(db: Database, work: Callable[[Tx], T]) -> T:
 
     Group commit (issue #11). On SQLite every commit costs an fsync
     (``synchronous=FULL``) and writers are serialised anyway, so while one
-    thread commits, the units other threads submit queue up; the next thread
-    to find no commit in progress becomes the leader and runs *every* queued
-    unit in one ``BEGIN IMMEDIATE`` transaction — each under its own
-    ``SAVEPOINT``, so a unit that raises (a fenced UPDATE finding the run
-    moved) rolls back alone — then commits once for all of them. No unit
-    waits for company: a lone unit commits at once, without savepoints, so
-    one run at a time pays nothing. Each caller returns only after the
-    transaction holding its unit is durable: what an acknowledgement means
-    does not change, only how many acknowledgements one fsync buys.
+    thread commits, the units other threads submit queue up. When the
+    committing thread (the leader) is done, it wakes the callers of its
+    batch and hands the lead to the oldest queued unit's caller, which runs
+    *every* queued unit in one ``BEGIN IMMEDIATE`` transaction — each under
+    its own ``SAVEPOINT``, so a unit that raises (a fenced UPDATE finding
+    the run moved) rolls back alone — then commits once. Each waiting
+    caller is woken exactly once, by name: to return, or to lead (a shared
+    condition woke all 32 callers of a 32-run benchmark after every batch,
+    to find one leader). No unit waits for company: a lone unit commits at
+    once, without savepoints, so one run at a time pays nothing. Each caller
+    returns only after the transaction holding its unit is durable: what an
+    acknowledgement means does not change, only how many acknowledgements
+    one fsync buys.
 
     Units must be independent of each other (different runs): within a
     batch they run one after another on one connection, each seeing the
@@ -266,20 +275,34 @@ def group_write(db: Database, work: Callable[[Tx], T]) -> T:
     writer = _writer(db)
     group = writer.group
     unit: _Unit[T] = _Unit(work)
-    with group.cond:
+    with group.lock:
         group.pending.append(unit)
-        while group.leading and not unit.done:
-            group.cond.wait()
+        waits = group.leading
+        group.leading = True
+    if waits:
+        unit.wake.acquire()  # settled by a leader, or handed the lead
         if unit.done:
             return _settled(unit)
-        group.leading = True
-        batch, group.pending[:] = group.pending[:_GROUP_MAX], group.pending[_GROUP_MAX:]
+    # Leading: this unit is the oldest queued (a new leader finds the queue
+    # empty; a handed lead goes to the queue's head), so it is in this batch.
+    batch: list[_Unit[Any]] = []
     try:
+        with group.lock:
+            batch, group.pending[:] = group.pending[:_GROUP_MAX], group.pending[_GROUP_MAX:]
         _run_batch(db, writer, batch)
     finally:
-        with group.cond:
-            group.leading = False
-            group.cond.notify_all()
+        with group.lock:
+            if not unit.done and unit in group.pending:
+                group.pending.remove(unit)  # interrupted before its batch ran: its caller gets the error
+            if group.pending:
+                heir: _Unit[Any] | None = group.pending[0]
+            else:
+                heir, group.leading = None, False
+        for settled in batch:
+            if settled is not unit:
+                settled.wake.release()
+        if heir is not None:
+            heir.wake.release()  # not settled: its caller leads the next batch
     return _settled(unit)
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from statecraft import Database, Engine, Finish, Goto, Machine, RunStatus, Step
+from statecraft.errors import StoreError
 from statecraft.store.txn import Tx, group_write
 from tests.support.reliability import Counter, assert_ledger_ok
 
@@ -123,3 +125,93 @@ def test_thirty_two_concurrent_runs_share_commits_and_the_ledger_stays_one_chain
         assert len(done) == 32
         assert all(r.status is RunStatus.DONE and r.state["n"] == steps for r in done)
         assert_ledger_ok(engine)
+
+
+def _queue_behind_an_open_transaction(db: Database, units: dict[str, Any], lead_work: Any = None) -> tuple[dict[str, Any], list[threading.Thread], threading.Event]:
+    """Start a leader whose transaction stays open, queue ``units`` behind it; return (results, threads, release)."""
+    inside, release = threading.Event(), threading.Event()
+
+    def leader_unit(tx: Tx) -> str:
+        tx.run("INSERT INTO statecraft_meta (key, value) VALUES ('q:lead', 'x')")
+        inside.set()
+        release.wait(10)
+        if lead_work is not None:
+            lead_work(tx)
+        return "lead"
+
+    results: dict[str, Any] = {}
+
+    def submit(name: str, work: Any) -> None:
+        try:
+            results[name] = group_write(db, work)
+        except BaseException as exc:
+            results[name] = exc
+
+    # Daemon threads: a caller that is never woken fails the test instead of hanging pytest's exit.
+    lead = threading.Thread(target=submit, args=("lead", leader_unit), daemon=True)
+    lead.start()
+    assert inside.wait(5)
+    threads = [threading.Thread(target=submit, args=(name, work), daemon=True) for name, work in units.items()]
+    for t in threads:
+        t.start()
+    for _ in range(500):
+        if len(db_writer_pending(db)) == len(units):
+            break
+        threading.Event().wait(0.01)
+    assert len(db_writer_pending(db)) == len(units)
+    return results, [lead, *threads], release
+
+
+def _join_all(threads: list[threading.Thread], timeout_s: float) -> None:
+    """Join every thread within one overall deadline; fail if any is still waiting."""
+    deadline = time.monotonic() + timeout_s
+    for t in threads:
+        t.join(max(deadline - time.monotonic(), 0))
+    assert not any(t.is_alive() for t in threads), "a queued caller was never woken"
+
+
+def test_more_units_than_one_batch_holds_are_led_on_until_every_caller_returned(
+    db_path: Path, monkeypatch: Any
+) -> None:
+    """150 queued units: batches of at most 64, each led by the caller the previous leader handed it to."""
+    from statecraft.store import txn
+
+    db = Database(db_path)
+    batches: list[int] = []
+    run_batch = txn._run_batch
+
+    def counted(db_: Any, writer: Any, batch: list[Any]) -> None:
+        batches.append(len(batch))
+        run_batch(db_, writer, batch)
+
+    monkeypatch.setattr(txn, "_run_batch", counted)
+    units = {f"u{i:03d}": _put(f"q:u{i:03d}") for i in range(150)}
+    results, threads, release = _queue_behind_an_open_transaction(db, units)
+    release.set()
+    _join_all(threads, 20)
+    assert results == {"lead": "lead", **{name: f"q:{name}" for name in units}}
+    assert batches == [1, 64, 64, 22]  # the open transaction alone, then the queue in arrival order
+    assert txn._writer(db).group.pending == [] and not txn._writer(db).group.leading
+    raw = sqlite3.connect(db_path)
+    assert raw.execute("SELECT COUNT(*) FROM statecraft_meta WHERE key LIKE 'q:%'").fetchone()[0] == 151
+    raw.close()
+    # The group is idle again: a lone unit leads and commits at once.
+    assert group_write(db, _put("q:after")) == "q:after"
+    db.close()
+
+
+def test_a_commit_that_fails_wakes_every_caller_of_its_batch_with_the_error(db_path: Path) -> None:
+    """The database is closed while units are queued: each caller gets the error, none hangs."""
+    db = Database(db_path)
+    units = {f"c{i}": _put(f"q:c{i}") for i in range(5)}
+    results, threads, release = _queue_behind_an_open_transaction(db, units)
+    db_closed = threading.Thread(target=db.close)  # waits for the open transaction's writer lock
+    db_closed.start()
+    release.set()
+    _join_all([*threads, db_closed], 20)
+    assert results["lead"] == "lead"
+    for name in units:
+        assert isinstance(results[name], StoreError), results[name]
+    raw = sqlite3.connect(db_path)
+    assert raw.execute("SELECT COUNT(*) FROM statecraft_meta WHERE key LIKE 'q:c%'").fetchone()[0] == 0
+    raw.close()
