@@ -63,11 +63,11 @@ class BatchClock:
                 self.batches += 1
                 self.units += len(batch)
 
-        txn._run_batch = counted  # type: ignore[assignment]
+        txn._run_batch = counted
         return self
 
     def __exit__(self, *exc: object) -> None:
-        txn._run_batch = self._run_batch  # type: ignore[assignment]
+        txn._run_batch = self._run_batch
 
 
 def measure(contender: Any, clock: BatchClock, runs: int) -> dict[str, float]:
