@@ -299,6 +299,9 @@ def group_write(db: Database, work: Callable[[Tx], T]) -> T:
             else:
                 heir, group.leading = None, False
         for settled in batch:
+            if not settled.done:  # interrupted between taking the batch and running it
+                settled.error = StoreError("the group commit holding this write was interrupted; nothing was written")
+                settled.done = True
             if settled is not unit:
                 settled.wake.release()
         if heir is not None:

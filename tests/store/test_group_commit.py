@@ -215,3 +215,39 @@ def test_a_commit_that_fails_wakes_every_caller_of_its_batch_with_the_error(db_p
     raw = sqlite3.connect(db_path)
     assert raw.execute("SELECT COUNT(*) FROM statecraft_meta WHERE key LIKE 'q:c%'").fetchone()[0] == 0
     raw.close()
+
+
+class _Interrupted(BaseException):
+    """Stands for an asynchronous interrupt landing in a leader between taking its batch and running it."""
+
+
+def test_a_leader_interrupted_before_running_its_batch_fails_its_units_loudly_and_frees_the_group(
+    db_path: Path, monkeypatch: Any
+) -> None:
+    """No queued caller is left waiting, none is told its write went through, and the next write leads."""
+    from statecraft.store import txn
+
+    db = Database(db_path)
+    units = {f"i{i}": _put(f"q:i{i}") for i in range(3)}
+    results, threads, release = _queue_behind_an_open_transaction(db, units)
+    first = txn._writer(db).group.pending[0]
+
+    def interrupted(db_: Any, writer: Any, batch: list[Any]) -> None:
+        raise _Interrupted
+
+    monkeypatch.setattr(txn, "_run_batch", interrupted)  # the open transaction's leader is past this call
+    release.set()
+    _join_all(threads, 20)
+    monkeypatch.undo()
+    assert results["lead"] == "lead"
+    leader = next(name for name in units if units[name] is first.work)
+    assert isinstance(results[leader], _Interrupted)
+    for name in units:
+        if name != leader:
+            assert isinstance(results[name], StoreError) and "interrupted" in str(results[name]), results[name]
+    assert not txn._writer(db).group.leading and txn._writer(db).group.pending == []
+    assert group_write(db, _put("q:after")) == "q:after"
+    raw = sqlite3.connect(db_path)
+    assert {r[0] for r in raw.execute("SELECT key FROM statecraft_meta WHERE key LIKE 'q:%'")} == {"q:lead", "q:after"}
+    raw.close()
+    db.close()
