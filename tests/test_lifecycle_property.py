@@ -991,7 +991,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         people = [STARTED_BY, *run.approved_by]
         spelled = SPELLINGS[how](people[impersonate % len(people)])
         if how in NOT_AN_ID:
-            expected: type[Exception] = InvalidActorId
+            expected: type[Exception] = InvalidActorId  # checked before the run is even read
+        elif run.overdue(self.clock.now):
+            expected = ApprovalExpired  # past the gate's deadline no one decides it, however spelled
         elif run.required > 1:
             expected = ApprovalRefused
         else:
