@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypedDict, Unpack, cast
+from typing import Any, Final, Required, TypedDict, Unpack, cast
 
 from .audit.chain import new_event_id, new_event_row
 from .errors import RunError
@@ -31,7 +31,7 @@ from .store.ledger import AuditFields, AuditRecord, insert_event, ledger_head
 from .store.runs import RUN_COLUMNS, RunRecord, RunUpdate, update_run
 from .store.txn import Tx
 
-__all__ = ["KEEP", "RUN_COLUMNS", "Change", "Committed", "RunMoved", "SubCall", "write_sub_calls", "write_transition"]
+__all__ = ["KEEP", "RUN_COLUMNS", "Change", "Committed", "Move", "RunMoved", "SubCall", "write_sub_calls", "write_transition"]
 
 
 
@@ -65,6 +65,17 @@ class Change(TypedDict, total=False):
     budget_json: Any
 
 
+class Move(Change):
+    """A transition's event and the run's place after it, plus :class:`Change`: :func:`write_transition`'s keyword arguments."""
+
+    event_type: Required[str]
+    to_status: Required[RunStatus]
+    to_step: Required[str | None]
+    actor_type: Required[str]
+    actor_id: Required[str]
+    now: Required[str]
+
+
 class RunMoved(RunError):
     """The run is no longer where the writer saw it (position or lease owner changed); nothing was written."""
 
@@ -87,14 +98,8 @@ def write_transition(
     ledger_id: str,
     run: RunRecord,
     *,
-    event_type: str,
-    to_status: RunStatus,
-    to_step: str | None,
-    actor_type: str,
-    actor_id: str,
-    now: str,
     payload: Any = None,
-    **change: Unpack[Change],
+    **move: Unpack[Move],
 ) -> Committed:
     """Update the run row and append its audit event (the checkpoint). Inside ``tx``.
 
@@ -102,7 +107,7 @@ def write_transition(
         tx: the open write transaction.
         ledger_id: this database's ledger id.
         run: the run row as the caller saw it (all ``run`` columns).
-        event_type, to_status, to_step, actor_type, actor_id, now: the event.
+        event_type, to_status, to_step, actor_type, actor_id, now: the event (required).
         extra: further audit columns (``decision``, ``reason``, usage, …).
         payload: JSON event detail (no floats), bound into the chain.
         state_sha256: the new state's hash; default: unchanged.
@@ -129,12 +134,9 @@ def write_transition(
             must roll the transaction back (``write_tx`` does, as it
             propagates).
     """
-    fields, values, after = _plan(
-        run, event_type=event_type, to_status=to_status, to_step=to_step, actor_type=actor_type,
-        actor_id=actor_id, now=now, **change,
-    )
+    fields, values, after = _plan(run, **move)
     # Fenced UPDATE first: a stale writer learns it before hashing anything.
-    _update(tx, values, run, change.get("fence_owner"))
+    _update(tx, values, run, move.get("fence_owner"))
     event = new_event_row(ledger_head(tx), ledger_id=ledger_id, fields=fields, payload=payload)
     insert_event(tx, event)
     return Committed(event, after)
@@ -214,18 +216,10 @@ def _update(tx: Tx, values: RunUpdate, run: RunRecord, fence_owner: str | None) 
         )
 
 
-def _plan(
-    run: RunRecord,
-    *,
-    event_type: str,
-    to_status: RunStatus,
-    to_step: str | None,
-    actor_type: str,
-    actor_id: str,
-    now: str,
-    **change: Unpack[Change],
-) -> tuple[AuditFields, RunUpdate, RunRecord]:
+def _plan(run: RunRecord, **change: Unpack[Move]) -> tuple[AuditFields, RunUpdate, RunRecord]:
     """The event's columns, the run row UPDATE, and the run row after it; nothing written (:func:`write_transition`'s arguments)."""
+    event_type, to_status, to_step = change["event_type"], change["to_status"], change["to_step"]
+    actor_type, actor_id, now = change["actor_type"], change["actor_id"], change["now"]
     extra = change.get("extra")
     pending = change.get("pending")
     count_step = change.get("count_step", False)
