@@ -31,14 +31,16 @@ def _put(key: str, fail: bool = False) -> Any:
     return work
 
 
-def test_queued_units_commit_together_and_a_failing_one_rolls_back_alone(db_path: Path) -> None:
-    db = Database(db_path)
+def _queue_behind_an_open_transaction(
+    db: Database, units: dict[str, Any]
+) -> tuple[dict[str, Any], list[threading.Thread], threading.Event]:
+    """Start a leader whose transaction stays open, queue ``units`` behind it; return (results, threads, release)."""
     inside, release = threading.Event(), threading.Event()
 
     def leader_unit(tx: Tx) -> str:
-        tx.run("INSERT INTO statecraft_meta (key, value) VALUES ('t:lead', 'x')")
+        tx.run("INSERT INTO statecraft_meta (key, value) VALUES ('q:lead', 'x')")
         inside.set()
-        release.wait(10)  # while this transaction is open, the others queue
+        release.wait(10)
         return "lead"
 
     results: dict[str, Any] = {}
@@ -49,29 +51,42 @@ def test_queued_units_commit_together_and_a_failing_one_rolls_back_alone(db_path
         except BaseException as exc:
             results[name] = exc
 
-    lead = threading.Thread(target=submit, args=("lead", leader_unit))
+    # Daemon threads: a caller that is never woken fails the test instead of hanging pytest's exit.
+    lead = threading.Thread(target=submit, args=("lead", leader_unit), daemon=True)
     lead.start()
     assert inside.wait(5)
-    followers = [
-        threading.Thread(target=submit, args=(k, _put(f"t:{k}", fail=k == "c"))) for k in ("b", "c", "d")
-    ]
-    for t in followers:
+    threads = [threading.Thread(target=submit, args=(name, work), daemon=True) for name, work in units.items()]
+    for t in threads:
         t.start()
-    # All three are queued behind the open transaction before it commits.
-    for _ in range(200):
-        if len(db_writer_pending(db)) == 3:
+    for _ in range(500):
+        if len(db_writer_pending(db)) == len(units):
             break
         threading.Event().wait(0.01)
-    assert len(db_writer_pending(db)) == 3
+    assert len(db_writer_pending(db)) == len(units)
+    return results, [lead, *threads], release
+
+
+def _join_all(threads: list[threading.Thread], timeout_s: float) -> None:
+    """Join every thread within one overall deadline; fail if any is still waiting."""
+    deadline = time.monotonic() + timeout_s
+    for t in threads:
+        t.join(max(deadline - time.monotonic(), 0))
+    assert not any(t.is_alive() for t in threads), "a queued caller was never woken"
+
+
+def test_queued_units_commit_together_and_a_failing_one_rolls_back_alone(db_path: Path) -> None:
+    db = Database(db_path)
+    units = {k: _put(f"q:{k}", fail=k == "c") for k in ("b", "c", "d")}
+    # All three are queued behind the open transaction before it commits.
+    results, threads, release = _queue_behind_an_open_transaction(db, units)
     release.set()
-    for t in [lead, *followers]:
-        t.join(10)
-    assert results["lead"] == "lead" and results["b"] == "t:b" and results["d"] == "t:d"
+    _join_all(threads, 10)
+    assert results["lead"] == "lead" and results["b"] == "q:b" and results["d"] == "q:d"
     assert isinstance(results["c"], ValueError)
     raw = sqlite3.connect(db_path)
-    keys = {r[0] for r in raw.execute("SELECT key FROM statecraft_meta WHERE key LIKE 't:%'")}
+    keys = {r[0] for r in raw.execute("SELECT key FROM statecraft_meta WHERE key LIKE 'q:%'")}
     raw.close()
-    assert keys == {"t:lead", "t:b", "t:d"}
+    assert keys == {"q:lead", "q:b", "q:d"}
     db.close()
 
 
@@ -125,49 +140,6 @@ def test_thirty_two_concurrent_runs_share_commits_and_the_ledger_stays_one_chain
         assert len(done) == 32
         assert all(r.status is RunStatus.DONE and r.state["n"] == steps for r in done)
         assert_ledger_ok(engine)
-
-
-def _queue_behind_an_open_transaction(db: Database, units: dict[str, Any], lead_work: Any = None) -> tuple[dict[str, Any], list[threading.Thread], threading.Event]:
-    """Start a leader whose transaction stays open, queue ``units`` behind it; return (results, threads, release)."""
-    inside, release = threading.Event(), threading.Event()
-
-    def leader_unit(tx: Tx) -> str:
-        tx.run("INSERT INTO statecraft_meta (key, value) VALUES ('q:lead', 'x')")
-        inside.set()
-        release.wait(10)
-        if lead_work is not None:
-            lead_work(tx)
-        return "lead"
-
-    results: dict[str, Any] = {}
-
-    def submit(name: str, work: Any) -> None:
-        try:
-            results[name] = group_write(db, work)
-        except BaseException as exc:
-            results[name] = exc
-
-    # Daemon threads: a caller that is never woken fails the test instead of hanging pytest's exit.
-    lead = threading.Thread(target=submit, args=("lead", leader_unit), daemon=True)
-    lead.start()
-    assert inside.wait(5)
-    threads = [threading.Thread(target=submit, args=(name, work), daemon=True) for name, work in units.items()]
-    for t in threads:
-        t.start()
-    for _ in range(500):
-        if len(db_writer_pending(db)) == len(units):
-            break
-        threading.Event().wait(0.01)
-    assert len(db_writer_pending(db)) == len(units)
-    return results, [lead, *threads], release
-
-
-def _join_all(threads: list[threading.Thread], timeout_s: float) -> None:
-    """Join every thread within one overall deadline; fail if any is still waiting."""
-    deadline = time.monotonic() + timeout_s
-    for t in threads:
-        t.join(max(deadline - time.monotonic(), 0))
-    assert not any(t.is_alive() for t in threads), "a queued caller was never woken"
 
 
 def test_more_units_than_one_batch_holds_are_led_on_until_every_caller_returned(
