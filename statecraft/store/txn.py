@@ -30,6 +30,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Connection, TextClause, text
 
 from ..errors import StoreError
+from . import checkpoint
 from .db import Database
 
 __all__ = ["Tx", "close_writer", "group_write", "read_on_writer", "read_one", "read_tx", "tx_of", "write_tx"]
@@ -194,6 +195,8 @@ class _WriteTx:
                 writer.rollback()
         finally:
             writer.lock.release()
+        if exc_type is None and writer.checkpoints is not None:
+            writer.checkpoints.nudge()  # the WAL is copied back beside the next steps, not inside one
 
 
 # -- group commit --------------------------------------------------------------------------
@@ -436,16 +439,19 @@ class _Writer:
     kept out of the pool: no checkout per transaction (~20 µs of SQLAlchemy),
     and a page cache that only another connection's commit can invalidate.
     Opened by the engine's pool (same URL, same pragmas), then detached from it;
-    :func:`close_writer` closes it when the :class:`Database` closes.
+    :func:`close_writer` closes it when the :class:`Database` closes. On a
+    database file, WAL checkpoints run beside it (``checkpoints``,
+    store/checkpoint.py), and its own automatic checkpoint is only the bound.
     """
 
-    __slots__ = ("group", "lock", "pid", "raw")
+    __slots__ = ("checkpoints", "group", "lock", "pid", "raw")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.raw: sqlite3.Connection | None = None
         self.pid = 0
         self.group = _Group()
+        self.checkpoints: checkpoint.Checkpointer | None = None
 
     def connection(self, db: Database) -> sqlite3.Connection:
         """The connection, opened on first use (and again in a forked child: never share one across fork)."""
@@ -454,6 +460,10 @@ class _Writer:
             raw = pooled.driver_connection
             assert isinstance(raw, sqlite3.Connection)
             pooled.detach()
+            if self.checkpoints is None and checkpoint.wanted(db):
+                self.checkpoints = checkpoint.Checkpointer(db)
+            if self.checkpoints is not None:
+                raw.execute(f"PRAGMA wal_autocheckpoint = {checkpoint.WRITER_AUTOCHECKPOINT_PAGES}")
             self.raw, self.pid = raw, os.getpid()
         return self.raw
 
@@ -489,9 +499,11 @@ def _writer(db: Database) -> _Writer:
 
 
 def close_writer(db: Database) -> None:
-    """Close ``db``'s writer connection, after the transaction in progress (if any) ends."""
+    """Stop ``db``'s checkpoint thread; close its writer connection, after the transaction in progress (if any) ends."""
     writer = _WRITERS.get(db)
     if writer is not None:
+        if writer.checkpoints is not None:
+            writer.checkpoints.close()
         with writer.lock:
             writer.discard()
 
