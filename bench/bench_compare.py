@@ -570,23 +570,31 @@ class Statecraft:
             [fan_out("fan", branches={f"w{i}": sleeper for i in range(BRANCHES)}, into="results", max_concurrency=BRANCHES)],
         )
         self.path = _fresh(path)
-        self.engine = Engine(self.path, synchronous=synchronous)  # type: ignore[arg-type]
+        self._started_at = 0.0
+        self.engine = Engine(self.path, synchronous=synchronous, on_event=self._on_event)  # type: ignore[arg-type]
         self.steps_written = 0
         self.advance_us: list[float] = []
         self.create_us: list[float] = []
+
+    def _on_event(self, report: Any) -> None:
+        # Called after each transition commits: "run.started" ends the
+        # create-and-start transaction (which also takes the run's lease).
+        if report.event_type == "run.started":
+            self._started_at = time.perf_counter()
 
     def _run(self, _: object = None) -> None:
         run = self.engine.start(self.machine, {"n": next(_STARTS)})
         assert run.status.value == "DONE" and run.steps_taken == STEPS, run
 
     def run_one(self) -> None:
-        # Created and started (one transaction), then advanced: the split shows the per-run share.
+        # As a service starts a run: created, started and leased in one
+        # transaction, then advanced inline (``start``'s default); the hook
+        # above splits the time at the commit of that first transaction.
         started = time.perf_counter()
-        run = self.engine.start(self.machine, {"n": next(_STARTS)}, advance=False)
-        created = time.perf_counter()
-        done = self.engine.advance(run.run_id)
-        self.advance_us.append((time.perf_counter() - created) / STEPS * 1e6)
-        self.create_us.append((created - started) * 1e6)
+        done = self.engine.start(self.machine, {"n": next(_STARTS)})
+        ended = time.perf_counter()
+        self.advance_us.append((ended - self._started_at) / STEPS * 1e6)
+        self.create_us.append((self._started_at - started) * 1e6)
         assert done.status.value == "DONE" and done.steps_taken == STEPS, done
         self.steps_written += STEPS
 
