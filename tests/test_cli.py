@@ -109,6 +109,7 @@ def test_a_database_that_is_not_statecraft_is_one_line(tmp_path: Path) -> None:
     junk.write_bytes(b"not sqlite" * 1000)
     assert "not a usable statecraft database" in _one_line_error(Cli(junk)("list"))
     assert "no database at" in _one_line_error(Cli(tmp_path / "absent.db")("list"))
+    assert "in-memory SQLite database cannot hold" in _one_line_error(Cli(Path(":memory:"))("start", TOY))
 
 
 def test_graph_prints_mermaid(cli: Cli) -> None:

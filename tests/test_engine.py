@@ -250,6 +250,16 @@ def test_a_file_that_is_not_a_statecraft_database_is_refused(tmp_path: Path) -> 
         Engine(junk)
 
 
+@pytest.mark.parametrize("where", [":memory:", "sqlite://", "sqlite:///:memory:", "file:runs?mode=memory&cache=shared"])
+def test_an_in_memory_database_is_refused_with_what_to_pass_instead(where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each connection to it would be a new, empty database: the writer, the
+    # readers and the checkpoint thread would each see a different ledger.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreError, match="in-memory SQLite database cannot hold a statecraft ledger.*pass a file path"):
+        Engine(where)
+    assert list(tmp_path.iterdir()) == []  # and nothing was created under a look-alike name
+
+
 def test_the_audit_table_refuses_update_and_delete(engine: Engine, db_path: Path) -> None:
     engine.start(toy, "x")
     with sqlite3.connect(db_path) as conn:

@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DatabaseError, OperationalError
-from sqlalchemy.pool import NullPool
 
 from .._time import format_utc, utc_now
 from ..errors import NotAStatecraftDatabase, StoreError
@@ -202,7 +201,8 @@ class Database:
     Raises:
         NotAStatecraftDatabase: the file is not SQLite, or holds other tables
             but no statecraft schema, or a newer schema version.
-        StoreError: the database cannot be opened at all.
+        StoreError: the database cannot be opened at all, or is an in-memory
+            SQLite database (each connection would see a new, empty one).
     """
 
     def __init__(
@@ -225,9 +225,17 @@ class Database:
         self.read_only = bool(read_only) or "mode=ro" in self.url or "immutable=1" in self.url
         if self.is_sqlite:
             path = sqlite_path(self.url)
-            if path and path != ":memory:" and not create and not Path(path).exists():
+            if path in ("", ":memory:") or self.url.rstrip("/").endswith("sqlite:") or "mode=memory" in self.url:
+                # Each connection to an in-memory database is a new, empty one, and
+                # statecraft uses several (the writer, readers, the checkpoint thread).
+                raise StoreError(
+                    f"{db if db is not None else self.url}: an in-memory SQLite database cannot hold a "
+                    "statecraft ledger (each connection would see a new, empty one); "
+                    "pass a file path (for speed, one on tmpfs, e.g. /dev/shm/runs.db)"
+                )
+            if not create and not Path(path).exists():
                 raise NotAStatecraftDatabase(f"{path}: no such database file")
-            if path and path != ":memory:":
+            if path:
                 parent = Path(path).parent
                 if not parent.exists():
                     raise StoreError(f"{path}: directory {parent} does not exist")
@@ -266,12 +274,11 @@ class Database:
             # isolation_level=None hands transaction control to us, so that
             # we can issue BEGIN IMMEDIATE (the pysqlite default defers BEGIN).
             connect_args={"isolation_level": None, "check_same_thread": False},
-            poolclass=NullPool if path == ":memory:" else None,
             # LIFO: a thread gets back the connection it just used, whose
             # page cache is still valid; FIFO rotation would start most
             # transactions on a cache another connection's commit had
             # invalidated (several times slower per step, bench_transitions).
-            pool_use_lifo=path != ":memory:",
+            pool_use_lifo=True,
         )
         event.listen(self.sa_engine, "connect", self._on_connect)
         event.listen(self.sa_engine, "begin", self._on_begin)
