@@ -110,6 +110,9 @@ def test_a_database_that_is_not_statecraft_is_one_line(tmp_path: Path) -> None:
     assert "not a usable statecraft database" in _one_line_error(Cli(junk)("list"))
     assert "no database at" in _one_line_error(Cli(tmp_path / "absent.db")("list"))
     assert "in-memory SQLite database cannot hold" in _one_line_error(Cli(Path(":memory:"))("start", TOY))
+    mysql = Cli(Path("x"))
+    mysql.db = "mysql://root@127.0.0.1/test"  # type: ignore[assignment]  # a URL, as --db takes it
+    assert "not a database statecraft runs on" in _one_line_error(mysql("start", TOY))
 
 
 def test_graph_prints_mermaid(cli: Cli) -> None:

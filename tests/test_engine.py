@@ -260,6 +260,12 @@ def test_an_in_memory_database_is_refused_with_what_to_pass_instead(where: str, 
     assert list(tmp_path.iterdir()) == []  # and nothing was created under a look-alike name
 
 
+@pytest.mark.parametrize("url", ["mysql://root@127.0.0.1/test", "duckdb:///x.duckdb", "mssql+pyodbc://h/db"])
+def test_a_database_statecraft_does_not_run_on_is_refused_in_one_line(url: str) -> None:
+    with pytest.raises(StoreError, match="not a database statecraft runs on; pass a SQLite file path or a postgresql:// URL"):
+        Engine(url)
+
+
 def test_the_audit_table_refuses_update_and_delete(engine: Engine, db_path: Path) -> None:
     engine.start(toy, "x")
     with sqlite3.connect(db_path) as conn:

@@ -284,13 +284,19 @@ class Database:
         event.listen(self.sa_engine, "begin", self._on_begin)
 
     def _postgres_engine(self) -> None:
-        if self.url.startswith("postgresql"):
-            try:
-                import psycopg  # noqa: F401  (only to say what to install)
-            except ImportError:
-                raise StoreError(
-                    "a PostgreSQL database needs the psycopg driver: pip install 'statecraft[postgres]'"
-                ) from None
+        if not self.url.startswith("postgresql"):
+            # The SQL, the append guard and the writer lock exist for these two only.
+            scheme = self.url.split("://", 1)[0]
+            raise StoreError(
+                f"{scheme}://: not a database statecraft runs on; pass a SQLite file path "
+                "or a postgresql:// URL"
+            )
+        try:
+            import psycopg  # noqa: F401  (only to say what to install)
+        except ImportError:
+            raise StoreError(
+                "a PostgreSQL database needs the psycopg driver: pip install 'statecraft[postgres]'"
+            ) from None
         self.sa_engine = create_engine(self.url, pool_pre_ping=True)
         event.listen(self.sa_engine, "begin", self._on_begin_postgres)
 
