@@ -7,7 +7,8 @@ that checkpoint inside the commit that takes the WAL past 1,000 pages: about
 one step commit in 70 here (a step writes ~14 pages) pays a checkpoint on
 top of its own fsync, and the steps of every run queued behind it wait. That
 is the slow tail of a step: on this project's 2-CPU machines, p99 step
-latency 1.6 ms against a median of 0.3 ms (bench/bench_checkpoint.py).
+latency 1.7-2.0 ms on disk against a median of 0.33 ms; 0.63 ms with the
+checkpoints beside (bench/bench_checkpoint.py, figures in bench/README.md).
 
 SQLite's own advice for this (https://sqlite.org/wal.html, "Automatic
 Checkpoint": "an application can ... run checkpoints in a separate thread or
