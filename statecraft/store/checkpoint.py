@@ -105,11 +105,16 @@ class Checkpointer:
             thread = self._thread
             if thread is not None and thread.is_alive() and self._pid == os.getpid():
                 return
-            if self._stop.is_set():
-                return
-            self._pid = os.getpid()
-            self._thread = threading.Thread(target=self._run, name="statecraft-checkpoint", daemon=True)
-            self._thread.start()
+            self._spawn()
+
+    def _spawn(self) -> None:
+        """A new thread, unless closed; ``_guard`` held."""
+        if self._stop.is_set():
+            self._thread = None
+            return
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="statecraft-checkpoint", daemon=True)
+        self._thread.start()
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the thread (after the checkpoint in progress, if any) and close its connection.
@@ -152,7 +157,12 @@ class Checkpointer:
                     conn.close()
             with self._guard:
                 if self._thread is threading.current_thread():
-                    self._thread = None
+                    # A nudge that came as this thread was leaving found it
+                    # still alive and started none: start one for it.
+                    if self._wanted.is_set():
+                        self._spawn()
+                    else:
+                        self._thread = None
 
 
 def _connect(db: Database) -> sqlite3.Connection:

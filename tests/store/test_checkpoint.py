@@ -175,3 +175,30 @@ def test_a_fork_while_the_thread_works_leaves_the_child_able_to_write(tmp_path: 
                 assert tx.one("SELECT COUNT(*) FROM blob WHERE sha256 LIKE 'child-%'") == (2,)
         finally:
             db.close()
+
+
+def test_a_nudge_as_the_idle_thread_leaves_is_not_lost(tmp_path: Path) -> None:
+    db = Database(tmp_path / "n.db")
+    try:
+        _write(db, 1, "warm")
+        writer = _writer(db)
+        assert writer.checkpoints is not None
+        writer.checkpoints.close()
+        late = checkpoint.Checkpointer(db, min_interval_s=0.0, idle_s=0.05)
+        real_wait, calls = late._wanted.wait, []
+
+        def wait(timeout: float | None = None) -> bool:
+            calls.append(timeout)
+            if len(calls) == 1:
+                # The idle wait times out, and a commit's nudge lands just then:
+                # it finds the thread alive, so it starts none.
+                late._wanted.set()
+                return False
+            return real_wait(timeout)
+
+        late._wanted.wait = wait  # type: ignore[method-assign]
+        writer.checkpoints = late
+        late._start()
+        assert _wait_for(lambda: late.checkpoints >= 1), "the nudge was lost with the leaving thread"
+    finally:
+        db.close()
