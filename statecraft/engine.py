@@ -71,7 +71,7 @@ from .outcomes import ApprovalPolicy
 from .proposals import proposal_digest
 from .store.blobs import blob_json, get_blob, put_blob
 from .store.db import Database, Synchronous
-from .store.ledger import AuditRecord, event_rows, first_payload
+from .store.ledger import event_rows, first_payload
 from .store.runs import (
     RunRecord, gate_approvers, gate_request, insert_run, list_run_ids, load_run, run_ids_with_prefix, take_lease,
 )
@@ -327,7 +327,9 @@ class Engine:
             pydantic.ValidationError: the input does not fit the state model.
             InvalidActorId, NotAuthenticated: ``by`` is refused.
         """
-        return self._create(machine, input, by, actor_type, ref, parent_run_id, start=False)
+        _, info = self._create(machine, input, by, actor_type, ref, parent_run_id, start=False)
+        assert info is not None  # not advancing: the run as committed
+        return info
 
     def start(
         self,
@@ -358,8 +360,8 @@ class Engine:
                 inline stopped on an error not about the run (its ``run``
                 attribute is the committed run).
         """
-        info = self._create(machine, input, by, actor_type, ref, parent_run_id, start=True, lease=advance)
-        return self._continue(info.run_id, on_event) if advance else info
+        run_id, info = self._create(machine, input, by, actor_type, ref, parent_run_id, start=True, lease=advance)
+        return self._continue(run_id, on_event) if info is None else info
 
     def _create(
         self,
@@ -372,7 +374,13 @@ class Engine:
         *,
         start: bool,
         lease: bool = False,
-    ) -> RunInfo:
+    ) -> tuple[str, RunInfo | None]:
+        """Create (and with ``start``, start) a run in one transaction; its id, and the run as committed.
+
+        With ``lease`` the run is about to be advanced inline: the transaction
+        also takes its lease, and no ``RunInfo`` is read (``None``; the
+        advance returns one), one state read and row read less per run.
+        """
         by, identity = self._who(by, None)
         if isinstance(input, BaseModel):
             state = machine.state_model.model_validate(input.model_dump())
@@ -399,10 +407,9 @@ class Engine:
                 step=machine.start, state_sha256=state_sha, task_sha256=task_sha, now=now,
                 started_by=by, parent_run_id=parent_run_id,
             )
-            run = self._load_row(conn, run_id)
-            self._transition(
+            run = self._transition(
                 conn,
-                run,
+                self._load_row(conn, run_id),
                 event_type="run.created",
                 to_status=RunStatus.IDLE,
                 to_step=machine.start,
@@ -413,13 +420,13 @@ class Engine:
                 payload={"machine": _machine_json(machine), "identity": identity.describe()},
             )
             if start:
-                run = self._load_row(conn, run_id)
-                self._operator_transition(
+                run = self._operator_transition(
                     conn, run, Trigger.START, "run.started", by, actor_type, now, identity=identity
                 )
             if lease:
-                self._lease_to_advance(conn, run_id, now)
-            return self._info(conn, run_id)
+                self._lease_to_advance(conn, run_id, now, run)
+                return run_id, None
+            return run_id, self._info(conn, run_id)
 
     def start_created(
         self,
@@ -1089,16 +1096,17 @@ class Engine:
         *,
         reason: str | None = None,
         identity: Identity,
-    ) -> None:
+    ) -> RunRecord:
+        """An operator's request as one transition; the run row after it (see :meth:`_transition`)."""
         to_status = check_transition(run["status"], trigger, run_id=run["run_id"])
-        self._transition(
+        return self._transition(
             conn, run, event_type=event_type, to_status=to_status, to_step=run["step"],
             actor_type=actor_type, actor_id=by, now=now,
             extra={"decision": str(trigger), "outcome": "success", "reason": reason},
             payload={"identity": identity.describe()}, clear_error=True,
         )
 
-    def _lease_to_advance(self, conn: Connection | Tx, run_id: str, now: str) -> None:
+    def _lease_to_advance(self, conn: Connection | Tx, run_id: str, now: str, run: RunRecord | None = None) -> None:
         """Take the run's lease inside a request's transaction when this engine advances the run next.
 
         Rather than by a transaction of its own when ``advance`` begins: one
@@ -1106,8 +1114,10 @@ class Engine:
         ``Runner._take`` then finds the lease its own and writes nothing).
         Only if the run is RUNNING and the lease free: a worker that got it
         first keeps it, and the request returns the run in its hands.
+        ``run``: the row as this transaction left it, if the caller has it.
         """
-        run = self._load_row(conn, run_id)
+        if run is None:
+            run = self._load_row(conn, run_id)
         if run["status"] == RunStatus.RUNNING and run["lease_owner"] is None:
             take_lease(
                 tx_of(conn), run_id, owner=self.owner, expires_at=format_utc(parse_utc(now) + self.lease),
@@ -1148,7 +1158,7 @@ class Engine:
         except Exception:
             _log.exception("on_event hook failed for %s of run %s", report.event_type, report.run_id)
 
-    def _transition(self, conn: Connection | Tx, run: RunRecord, **kwargs: Any) -> AuditRecord:
+    def _transition(self, conn: Connection | Tx, run: RunRecord, **kwargs: Any) -> RunRecord:
         """Update the run row and append its audit event: one transition, one event.
 
         Inside the caller's write transaction; see
@@ -1158,19 +1168,20 @@ class Engine:
         invariant 2).
 
         Returns:
-            The audit event as inserted.
+            The run row after it, as the transaction now holds it.
 
         Raises:
             RunMoved: the run is not at the position ``run`` says.
         """
-        event = write_transition(tx_of(conn), self.db.ledger_id, run, **kwargs).event
+        committed = write_transition(tx_of(conn), self.db.ledger_id, run, **kwargs)
+        event = committed.event
         pending = getattr(self._local, "reports", None)
         if pending is not None:
             pending.append(StepReport(
                 run["run_id"], event["event_type"], event["from_step"], event["to_step"],
                 RunStatus(kwargs["to_status"]), event["latency_ms"] or 0, event["reason"],
             ))
-        return event
+        return committed.run
 
     # -- row access ---------------------------------------------------------------
 
