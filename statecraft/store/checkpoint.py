@@ -75,7 +75,7 @@ class Checkpointer:
     starts the child's own.
 
     Args:
-        db: the database (an SQLite file; not ``:memory:``, not read-only).
+        db: the database (an SQLite file, not read-only).
         min_interval_s: seconds between two checkpoints at most once.
         idle_s: seconds without a commit after which the thread exits.
     """
@@ -175,8 +175,5 @@ def _connect(db: Database) -> sqlite3.Connection:
 
 
 def wanted(db: Database) -> bool:
-    """Whether ``db`` gets a :class:`Checkpointer`: a writable SQLite file (WAL mode), not an in-memory database."""
-    from .db import sqlite_path
-
-    path = sqlite_path(db.url)
-    return bool(path) and path != ":memory:" and "mode=memory" not in db.url and not db.read_only
+    """Whether ``db`` gets a :class:`Checkpointer`: a writable SQLite file (``Database`` refuses in-memory ones)."""
+    return db.is_sqlite and not db.read_only
